@@ -1,0 +1,133 @@
+"""From person records to what the model consumes: training pairs, a gallery and text queries."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from datasets.records import PersonRecord
+from datasets.tokenization import encode
+
+log = logging.getLogger(__name__)
+
+
+def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
+                  seed: int = 0) -> dict[str, list[PersonRecord]]:
+    """Groups records by split; optionally moves a fixed, seeded fraction of training identities to val.
+
+    Carving is only allowed when the annotation has no val split (ICFG-PEDES), so val never mixes sources.
+    """
+    splits: dict[str, list[PersonRecord]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        splits[record.split].append(record)
+    if val_from_train > 0:
+        if splits["val"]:
+            raise ValueError("data.val_from_train > 0 but the annotation already has a val split")
+        people = sorted({r.person_id for r in splits["train"]})
+        order = torch.randperm(len(people), generator=torch.Generator().manual_seed(seed)).tolist()
+        held_out = {people[i] for i in order[:max(1, round(val_from_train * len(people)))]}
+        splits["val"] = [r for r in splits["train"] if r.person_id in held_out]
+        splits["train"] = [r for r in splits["train"] if r.person_id not in held_out]
+        log.info("val carved from train: %d identities (%.1f%%, seed %d)", len(held_out), 100 * val_from_train, seed)
+    return splits
+
+
+def load_rgb(path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read image {path}: {error}") from error
+
+
+class TrainPairs(Dataset):
+    """One item per (image, caption), with captions tokenized and ARA candidates found once, up front.
+
+    Items are requested as ``(index, sample_seed)`` (see ``datasets.sampler``); the seed drives the
+    augmentation and the ARA masking of that item.
+
+    Args:
+        records: training records.
+        transform: PIL image → (3, H, W) tensor.
+        tokenizer: from ``datasets.tokenization.build_tokenizer``.
+        max_len: text length.
+        candidate_groups: optional (N, L) long tensor of ARA group ids per caption (-1 = not a candidate).
+        mask_fn: ``(input_ids (1, L), group_ids (1, L), generator) -> (masked_ids, labels)``; used with
+            ``candidate_groups``.
+    """
+
+    def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
+                 candidate_groups: torch.Tensor | None = None, mask_fn: Callable | None = None):
+        self.image_paths = [r.image_path for r in records for _ in r.captions]
+        self.captions = [c for r in records for c in r.captions]
+        people = sorted({r.person_id for r in records})
+        label_of = {pid: i for i, pid in enumerate(people)}
+        self.labels = torch.tensor([label_of[r.person_id] for r in records for _ in r.captions])
+        self.num_people = len(people)
+        self.transform = transform
+        self.input_ids, self.attention_mask = encode(tokenizer, self.captions, max_len)
+        self.candidate_groups = candidate_groups
+        self.mask_fn = mask_fn
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, sample_seed = item
+        image = load_rgb(self.image_paths[index])
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
+            torch.manual_seed(sample_seed)
+            image = self.transform(image)
+        sample = {"image": image, "input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
+                  "label": self.labels[index]}
+        if self.candidate_groups is not None:
+            generator = torch.Generator().manual_seed(sample_seed)
+            masked, labels = self.mask_fn(self.input_ids[index:index + 1], self.candidate_groups[index:index + 1],
+                                          generator=generator)
+            sample["ara_input_ids"], sample["ara_labels"] = masked[0], labels[0]
+        return sample
+
+
+@dataclass
+class RetrievalSet:
+    """A gallery of images and a list of text queries, each with person ids."""
+
+    gallery_paths: list
+    gallery_pids: torch.Tensor  # (G,)
+    query_texts: list[str]
+    query_pids: torch.Tensor  # (Q,)
+    query_gallery_index: torch.Tensor  # (Q,) the gallery image each caption describes
+
+    @classmethod
+    def from_records(cls, records: Sequence[PersonRecord], captions: str = "all") -> RetrievalSet:
+        """Every image is in the gallery; its captions (all, or the first two) are queries."""
+        if captions not in ("all", "first_two"):
+            raise ValueError(f"eval captions protocol must be 'all' or 'first_two', got {captions!r}")
+        if not records:
+            raise ValueError("no records for this split: nothing to evaluate")
+        keep = None if captions == "all" else 2
+        texts, pids, owner = [], [], []
+        for i, record in enumerate(records):
+            for caption in record.captions[:keep]:
+                texts.append(caption)
+                pids.append(record.person_id)
+                owner.append(i)
+        return cls([r.image_path for r in records], torch.tensor([r.person_id for r in records]), texts,
+                   torch.tensor(pids), torch.tensor(owner))
+
+
+class GalleryImages(Dataset):
+    """Gallery images in order, for batched encoding."""
+
+    def __init__(self, paths: Sequence, transform: Callable):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[index]))

@@ -1,0 +1,205 @@
+"""The common record type of all person-retrieval datasets and the JSON record parser they share.
+
+CUHK-PEDES, ICFG-PEDES and RSTPReid all ship one JSON list with one record per image
+(``id``, an image path relative to ``imgs/``, ``captions``, ``split``). Each reader only names its
+files and path key; validation, caption cleaning and the split mapping live here, so every format
+fails the same way: an exception naming the file, the record index and what was expected.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MAX_CAPTION_WORDS = 72
+# Characters the reference replaces by spaces before tokenization (BLIP's ``pre_caption``).
+_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
+_WHITESPACE = re.compile(r"\s+")
+_MISSING_SHOWN = 5
+
+
+class DatasetFormatError(ValueError):
+    """An annotation file does not have the structure its dataset format requires."""
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    """One image of one person with its captions.
+
+    Attributes:
+        image_path: absolute path of the image file.
+        person_id: the raw person id from the annotation file, as ``int``.
+        captions: the cleaned captions of this image (at least one).
+        split: ``'train'``, ``'val'`` or ``'test'``.
+    """
+
+    image_path: Path
+    person_id: int
+    captions: tuple[str, ...]
+    split: str
+
+
+def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
+    """Normalises a caption the way the reference does before tokenization.
+
+    Lower-cases, replaces each of ``. ! " ( ) * # : ; ~`` by a space, collapses runs of whitespace
+    to one space, strips, and keeps the first ``max_words`` words.
+
+    Args:
+        text: the raw caption.
+        max_words: how many space-separated words to keep.
+    """
+    text = _PUNCTUATION.sub(" ", text.lower())
+    words = _WHITESPACE.sub(" ", text).strip().split(" ")
+    return " ".join(words[:max_words])
+
+
+def map_split(raw_split: str) -> str:
+    """Maps a raw split value as IRRA does: ``'train'`` and ``'test'`` stay, anything else is ``'val'``."""
+    return raw_split if raw_split in ("train", "test") else "val"
+
+
+def check_images_exist(records: Iterable[PersonRecord], annotation_file: str | Path) -> None:
+    """Raises ``FileNotFoundError`` unless every record's image is a file on disk.
+
+    Args:
+        records: the records to check.
+        annotation_file: the file the records came from, named in the message.
+    """
+    records = list(records)
+    missing = [str(r.image_path) for r in records if not os.path.isfile(r.image_path)]
+    if missing:
+        shown = ", ".join(missing[:_MISSING_SHOWN])
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(records)} images listed in {annotation_file} are missing on disk; "
+            f"first {min(len(missing), _MISSING_SHOWN)}: {shown}")
+
+
+def load_json_list(annotation_file: Path) -> list:
+    """Reads a JSON file whose top level must be a list, with errors that name the file."""
+    try:
+        with open(annotation_file, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from error
+    if not isinstance(data, list):
+        raise DatasetFormatError(
+            f"{annotation_file}: expected a JSON list of records at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_record(record: object, index: int, annotation_file: Path, image_dir: Path, path_key: str) -> PersonRecord:
+    """Turns one raw JSON record into a :class:`PersonRecord`.
+
+    Args:
+        record: the decoded JSON value of the record.
+        index: its 0-based position in the file's list, named in errors.
+        annotation_file: the file it came from, named in errors.
+        image_dir: the folder that the record's relative image path starts from.
+        path_key: the key holding that relative path (``file_path`` or ``img_path``).
+    """
+    where = f"{annotation_file}: record {index}"
+    if not isinstance(record, dict):
+        raise DatasetFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key in ("id", path_key, "captions", "split"):
+        if key not in record:
+            raise DatasetFormatError(f"{where}: missing key '{key}' (has {sorted(record)})")
+
+    raw_id = record["id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}")
+    try:
+        person_id = int(raw_id)
+    except ValueError as error:
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}") from error
+
+    relative_path = record[path_key]
+    if not isinstance(relative_path, str) or not relative_path:
+        raise DatasetFormatError(f"{where}: '{path_key}' must be a non-empty string, got {relative_path!r}")
+
+    raw_captions = record["captions"]
+    if (not isinstance(raw_captions, list) or not raw_captions
+            or not all(isinstance(c, str) for c in raw_captions)):
+        raise DatasetFormatError(f"{where}: 'captions' must be a non-empty list of strings, got {raw_captions!r}")
+    captions = tuple(clean_caption(c) for c in raw_captions)
+    for caption_index, caption in enumerate(captions):
+        if not caption:
+            raise DatasetFormatError(
+                f"{where}: caption {caption_index} is empty after cleaning (raw {raw_captions[caption_index]!r})")
+
+    raw_split = record["split"]
+    if not isinstance(raw_split, str):
+        raise DatasetFormatError(f"{where}: 'split' must be a string, got {raw_split!r}")
+
+    return PersonRecord(image_path=image_dir / relative_path, person_id=person_id,
+                        captions=captions, split=map_split(raw_split))
+
+
+def parse_annotation_file(annotation_file: str | Path, image_dir: str | Path, path_key: str,
+                          check_images: bool = True) -> list[PersonRecord]:
+    """Reads a per-image JSON annotation list into records, in file order.
+
+    Args:
+        annotation_file: the JSON file (a list of records).
+        image_dir: the folder the records' image paths are relative to.
+        path_key: the record key holding the relative image path.
+        check_images: when true, every image must exist (checked up front, not mid-epoch).
+    """
+    annotation_file = Path(annotation_file).resolve()
+    image_dir = Path(image_dir).resolve()
+    raw_records = load_json_list(annotation_file)
+    if not raw_records:
+        raise DatasetFormatError(f"{annotation_file}: the record list is empty")
+    records = [parse_record(r, i, annotation_file, image_dir, path_key) for i, r in enumerate(raw_records)]
+    unusual_splits = Counter(r["split"] for r in raw_records if r["split"] not in SPLITS)
+    if unusual_splits:
+        logger.warning("%s: split values %s are not train/val/test; treated as 'val'",
+                       annotation_file, dict(unusual_splits))
+    if check_images:
+        check_images_exist(records, annotation_file)
+    log_summary(records, annotation_file)
+    return records
+
+
+def log_summary(records: list[PersonRecord], source: str | Path) -> None:
+    """Logs ids / images / captions per split, the statistics IRRA prints."""
+    for split in SPLITS:
+        subset = [r for r in records if r.split == split]
+        ids = len({r.person_id for r in subset})
+        captions = sum(len(r.captions) for r in subset)
+        logger.info("%s %s: %d ids, %d images, %d captions", source, split, ids, len(subset), captions)
+
+
+def locate_dataset_files(dataset_dir: str | Path, annotation_names: tuple[str, ...]) -> tuple[Path, Path]:
+    """Finds a dataset's annotation file and ``imgs/`` folder, failing with what to put where.
+
+    Args:
+        dataset_dir: the dataset's folder.
+        annotation_names: accepted annotation file names, in order of preference.
+
+    Returns:
+        ``(annotation_file, image_dir)``, both absolute.
+    """
+    dataset_dir = Path(dataset_dir).resolve()
+    expected = " or ".join(annotation_names)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {dataset_dir} (expected {expected} and imgs/ there)")
+    present = [dataset_dir / name for name in annotation_names if (dataset_dir / name).is_file()]
+    if not present:
+        raise FileNotFoundError(f"annotation file not found in {dataset_dir}: expected {expected}")
+    if len(present) > 1:
+        logger.warning("%s: several annotation files present; reading %s, ignoring %s",
+                       dataset_dir, present[0].name, ", ".join(p.name for p in present[1:]))
+    image_dir = dataset_dir / "imgs"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"image folder not found: {image_dir} (expected the images listed in {present[0].name} under imgs/)")
+    return present[0], image_dir

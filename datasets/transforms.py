@@ -1,0 +1,51 @@
+"""Image transforms of the reference recipe: PIL image → normalised float tensor (3, H, W).
+
+Train: Resize (bicubic) → RandomHorizontalFlip → Pad → RandomCrop → ToTensor → Normalize → RandomErasing.
+Eval:  Resize (bicubic) → ToTensor → Normalize.
+Normalisation uses CLIP's per-channel statistics: x ← (x − mean) / std with x in [0, 1].
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ERASING_SCALE = (0.02, 0.4)
+
+
+def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool = True, pad: int = 10,
+                          erasing: float = 0.5) -> Callable[[Image.Image], torch.Tensor]:
+    """Builds the train or eval image transform.
+
+    Args:
+        image_size: output ``(height, width)``; the image is resized to it (aspect ratio not kept).
+        train: whether to add the random augmentations.
+        flip: train only: random horizontal flip with p = 0.5.
+        pad: train only: pixels of zero padding on each side before the random crop back to
+            ``image_size``; 0 disables pad and crop.
+        erasing: train only: probability of random erasing (scale 0.02–0.4 of the area); 0 disables it.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor of shape (3, H, W).
+    """
+    height, width = image_size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if not 0.0 <= erasing <= 1.0:
+        raise ValueError(f"erasing must be a probability in [0, 1], got {erasing}")
+
+    steps: list[Callable] = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
+    if train and flip:
+        steps.append(T.RandomHorizontalFlip(p=0.5))
+    if train and pad > 0:
+        steps += [T.Pad(pad), T.RandomCrop((height, width))]
+    steps += [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)]
+    if train and erasing > 0:
+        steps.append(T.RandomErasing(p=erasing, scale=ERASING_SCALE))
+    return T.Compose(steps)

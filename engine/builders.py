@@ -1,0 +1,114 @@
+"""Config → objects: data, tokenizer, model, optimizer. The only place that reads the whole config."""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from datasets.attributes import attribute_candidates, build_tagger
+from datasets.person_search import RetrievalSet, TrainPairs, split_records
+from datasets.records import PersonRecord, check_images_exist
+from datasets.registry import DATASETS, load_records
+from datasets.synthetic import generate_dataset
+from datasets.tokenization import build_tokenizer
+from datasets.transforms import build_image_transform
+from models.cada import CADA, ObjectiveSettings
+from models.checkpoint_import import load_pretrained
+from models.losses.ara import mask_attribute_tokens, pack_candidate_groups
+from models.registry import get_model_spec
+from utils.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def dataset_dir(config: Config) -> Path:
+    if config.data.dataset not in DATASETS:
+        raise ValueError(f"unknown data.dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}")
+    return Path(config.data.root) / DATASETS[config.data.dataset][0]
+
+
+def load_splits(config: Config) -> dict[str, list[PersonRecord]]:
+    """Reads (or, for the synthetic set, first generates) the annotation and splits it."""
+    folder = dataset_dir(config)
+    if config.data.dataset == "synthetic" and not (folder / "reid_raw.json").is_file():
+        log.info("generating the synthetic dataset in %s (%d identities)", folder, config.data.synthetic_ids)
+        generate_dataset(folder, num_ids=config.data.synthetic_ids, seed=config.data.synthetic_seed,
+                         images_per_id=config.data.synthetic_images_per_id)
+    records = load_records(config.data.dataset, config.data.root)
+    check_images_exist(records, folder)
+    splits = split_records(records, config.data.val_from_train, config.data.val_seed)
+    for name, part in splits.items():
+        log.info("%s: %d images, %d identities, %d captions", name, len(part), len({r.person_id for r in part}),
+                 sum(len(r.captions) for r in part))
+    return splits
+
+
+def objective_settings(config: Config) -> ObjectiveSettings:
+    loss = config.loss
+    weights = {"global": loss.global_.weight, "itm": loss.itm.weight, "atp": loss.atp.weight, "ara": loss.ara.weight}
+    return ObjectiveSettings(
+        losses=tuple(name for name, weight in weights.items() if weight > 0),
+        global_scale=loss.global_.scale,
+        global_terms=(loss.global_.forward_kl, loss.global_.reverse_kl, loss.global_.cross_entropy),
+        itm_negatives=loss.itm.negatives, itm_temperature=loss.itm.temperature,
+        atp_mode=loss.atp.mode, atp_groups=loss.atp.groups, atp_mask_padding=loss.atp.mask_padding)
+
+
+def loss_weights(config: Config) -> dict[str, float]:
+    loss = config.loss
+    return {"global": loss.global_.weight, "itm": loss.itm.weight, "atp": loss.atp.weight, "ara": loss.ara.weight}
+
+
+def build_model(config: Config, load_weights: bool = True) -> CADA:
+    """Builds the model; loads ``model.pretrained`` (BLIP or CADA weights) when set."""
+    model = CADA(get_model_spec(config.model.name), tuple(config.model.image_size), objective_settings(config),
+                 decoder_causal=config.model.decoder_causal, grad_checkpointing=config.train.grad_checkpointing)
+    if load_weights and config.model.pretrained:
+        load_pretrained(model, config.model.pretrained,
+                        allow_missing_prefixes=model.new_parameter_prefixes())
+    return model
+
+
+def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> TrainPairs:
+    data = config.data
+    transform = build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip, pad=data.pad,
+                                      erasing=data.erasing)
+    groups, mask_fn = None, None
+    if config.loss.ara.weight > 0:
+        tagger = build_tagger(data.attribute_tagger)
+        captions = [c for r in records for c in r.captions]
+        candidates = [attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
+                                           max_len=config.model.max_text_len) for c in captions]
+        groups = pack_candidate_groups(candidates, config.model.max_text_len)
+        mask_fn = partial(mask_attribute_tokens, prob=config.loss.ara.prob)
+    return TrainPairs(records, transform, tokenizer, config.model.max_text_len, groups, mask_fn)
+
+
+def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:
+    return RetrievalSet.from_records(records, captions=config.data.eval_captions)
+
+
+def build_eval_transform(config: Config):
+    return build_image_transform(tuple(config.model.image_size), train=False)
+
+
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW with optional no-decay group (biases, norms, embeddings) and an lr multiplier for new heads."""
+    optim = config.optim
+    new_prefixes = model.new_parameter_prefixes() if config.model.pretrained else ()
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = not optim.decay_norm_and_bias and (param.ndim <= 1 or "embed" in name or "token" in name)
+        lr = optim.lr * (optim.new_head_lr_mult if name.startswith(new_prefixes) else 1.0)
+        groups.setdefault((lr, 0.0 if no_decay else optim.weight_decay), []).append(param)
+    param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd}
+                    for (lr, wd), params in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+
+
+def tokenizer_for(config: Config):
+    return build_tokenizer(config.model.tokenizer)

@@ -1,0 +1,100 @@
+"""Text-to-image evaluation: encode gallery and queries, score in query chunks, re-rank, measure.
+
+Stage 1 ranks the gallery by cosine similarity of projected [CLS] features; stage 2 re-scores each
+query's top ``k_test`` images with the fused encoder's ITM logit (method.md §4). Queries are sharded over
+ranks under torchrun; the gallery is encoded once (sharded) and gathered.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.person_search import GalleryImages, RetrievalSet
+from datasets.tokenization import encode
+from engine.rerank import rerank_scores
+from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int = 64
+    k_test: int = 16
+    rerank: bool = True
+    chunk_size: int = 1024
+    rerank_batch_queries: int = 16
+    image_tokens_dtype: str = "float32"
+    image_tokens_device: str = "auto"
+    max_text_len: int = 73
+
+
+@torch.no_grad()
+def encode_gallery(model, paths, transform, options: EvalOptions, device: torch.device):
+    """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D)."""
+    tokens_device = device if options.image_tokens_device == "auto" else torch.device(options.image_tokens_device)
+    loader = DataLoader(GalleryImages(paths, transform), batch_size=options.batch_size, num_workers=2)
+    features, tokens = [], []
+    for images in tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False):
+        embeds = model.encode_image(images.to(device))  # (b, 1+N, D)
+        features.append(model.image_features(embeds).float())
+        if options.rerank:
+            tokens.append(embeds.to(tokens_device, DTYPES[options.image_tokens_dtype]))
+    return torch.cat(features), (torch.cat(tokens) if options.rerank else None)
+
+
+@torch.no_grad()
+def encode_queries(model, tokenizer, texts: list[str], options: EvalOptions, device: torch.device):
+    """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L)."""
+    ids, mask = encode(tokenizer, texts, options.max_text_len)
+    features = [model.text_features(model.encode_text(ids[i:i + options.batch_size].to(device),
+                                                      mask[i:i + options.batch_size].to(device))).float()
+                for i in range(0, len(texts), options.batch_size)]
+    return torch.cat(features), ids, mask
+
+
+@torch.no_grad()
+def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOptions,
+             device: torch.device) -> dict:
+    """Both stages' R1/R5/R10/mAP/mINP (percent), the chance R1 and per-query first-positive ranks."""
+    model.eval()
+    image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, options, device)
+    # this rank's queries: a contiguous shard, so gathered results keep query order
+    rank, world = get_rank(), get_world_size()
+    bounds = [len(dataset.query_texts) * r // world for r in range(world + 1)]
+    texts = dataset.query_texts[bounds[rank]:bounds[rank + 1]]
+    query_pids = dataset.query_pids[bounds[rank]:bounds[rank + 1]]
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)
+    gallery_pids = dataset.gallery_pids
+    stages = {"global": RetrievalMetrics()}
+    if options.rerank:
+        stages["reranked"] = RetrievalMetrics()
+
+    for start, scores in iter_similarity_chunks(text_feats, image_feats, options.chunk_size):
+        chunk_pids = query_pids[start:start + scores.shape[0]]
+        stages["global"].update(scores, chunk_pids, gallery_pids)
+        if options.rerank:
+            def match_logits(query_index, gallery_index):
+                q = query_index + start
+                n, k = gallery_index.shape
+                tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device)
+                return model.match_logits(ids[q].to(device).repeat_interleave(k, 0),
+                                          mask[q].to(device).repeat_interleave(k, 0),
+                                          tokens.to(next(model.parameters()).dtype)).view(n, k).cpu()
+            reranked = rerank_scores(scores, options.k_test, match_logits, options.rerank_batch_queries)
+            stages["reranked"].update(reranked, chunk_pids, gallery_pids)
+
+    results = {"chance_r1": chance_r1(dataset.query_pids, gallery_pids), "num_queries": len(dataset.query_texts),
+               "num_gallery": len(dataset.gallery_paths)}
+    for name, metrics in stages.items():
+        shards = all_gather_object(metrics.state())
+        results[name] = RetrievalMetrics.from_states(shards).compute()
+        results[name + "_first_positive_rank"] = RetrievalMetrics.from_states(shards).first_positive_rank.tolist()
+    return results

@@ -1,0 +1,141 @@
+"""Second retrieval stage: re-score each query's top-k images by cosine with the fused encoder's ITM logit.
+
+For query q with cosines s_q (G,) and candidates C_q = the k highest cosines (ties: lower gallery index),
+the final ranking is C_q ordered by s_qg + ITM_qg (ties: lower gallery index), then the other G - k images
+in cosine order (ties: lower gallery index). ``rerank`` returns a (c, G) score chunk whose stable
+descending sort (as in ``utils.metrics``) gives exactly this ranking.
+
+Why the returned scores are ranking keys rather than cos + logit: lifting the candidates above the rest by
+adding a per-row offset to cos + logit rounds in floating point, and two distinct combined scores can
+become equal, after which the tie would be broken by gallery index instead of by the combined score. So
+the order inside C_q is decided in float64 on the exact combined scores, and candidate j of the final
+order (j = 0..k-1) gets the score  m_q + (k - j),  with m_q the highest cosine outside C_q (0 when
+k >= G). For |s| <= 2^20 (cosines are within [-1, 1]) and k < 2^22 the fp32 spacing near m_q + k is
+below 1, so the keys strictly decrease along the final order and all stay above every remaining score. The combined scores are recoverable from the returned candidate
+indices and logits.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+# Largest |score| for which m_q + (k - j) is exact enough in fp32 to keep every step strictly increasing.
+MAX_ABS_SCORE = 2.0**20
+
+MatchLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class RerankResult(NamedTuple):
+    """Output of ``rerank``.
+
+    Attributes:
+        scores: (c, G) fp32 ranking keys (see the module docstring).
+        candidate_indices: (c, k) gallery indices of the top-k by cosine, in cosine order.
+        candidate_logits: (c, k) fp32 ITM match logits of those candidates.
+    """
+
+    scores: torch.Tensor
+    candidate_indices: torch.Tensor
+    candidate_logits: torch.Tensor
+
+
+def topk_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest scores of each row, descending, ties resolved towards the lower gallery index.
+
+    ``torch.topk`` picks an unspecified subset among values tied with the k-th, so it is only used to find
+    the k-th value; the set is then rebuilt as every score above it plus the lowest-indexed equal ones.
+
+    Args:
+        scores: (c, G) scores, no NaN.
+        k: number of candidates; values above G are clamped to G.
+
+    Returns:
+        ``(values, indices)``, both (c, min(k, G)).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (c, G), got shape {tuple(scores.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if torch.isnan(scores).any():
+        raise ValueError("scores hold NaN; candidate order would be undefined")
+    num_rows, gallery_size = scores.shape
+    k = min(k, gallery_size)
+    if k == gallery_size:
+        selected = torch.ones_like(scores, dtype=torch.bool)
+    else:
+        kth_value = torch.topk(scores, k, dim=1).values[:, -1:]  # (c, 1)
+        above = scores > kth_value  # (c, G)
+        at_kth = scores == kth_value  # (c, G)
+        still_needed = k - above.sum(dim=1, keepdim=True)  # (c, 1), >= 1
+        tie_ordinal = at_kth.cumsum(dim=1, dtype=torch.int32)  # (c, G) 1-based among the tied, gallery order
+        selected = above | (at_kth & (tie_ordinal <= still_needed))
+        del above, at_kth, tie_ordinal
+    indices = selected.nonzero(as_tuple=True)[1].view(num_rows, k)  # (c, k) ascending gallery index
+    order = torch.sort(scores.gather(1, indices), dim=1, descending=True, stable=True).indices
+    indices = indices.gather(1, order)
+    return scores.gather(1, indices), indices
+
+
+@torch.no_grad()
+def rerank(
+    scores: torch.Tensor,
+    k: int,
+    match_logits: MatchLogits,
+    query_offset: int = 0,
+    batch_queries: int = 16,
+) -> RerankResult:
+    """Re-ranks each row's top-k by cosine with ``cos + ITM logit``; the rest keep their cosine order.
+
+    Args:
+        scores: (c, G) cosine scores of c queries against the gallery (a chunk from
+            ``utils.metrics.iter_similarity_chunks``).
+        k: candidates re-scored per query (k_test); clamped to G.
+        match_logits: ``f(query_index (n,) long, gallery_index (n, k) long) -> (n, k)`` ITM match-class
+            logits; query indices are global (``query_offset`` + row), tensors on the device of ``scores``.
+            Called once per group of at most ``batch_queries`` queries.
+        query_offset: global index of the first row of ``scores``.
+        batch_queries: queries per ``match_logits`` call.
+
+    Returns:
+        A ``RerankResult``; its ``scores`` sort (stable, descending) into the final ranking.
+    """
+    if batch_queries < 1:
+        raise ValueError(f"batch_queries must be >= 1, got {batch_queries}")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (c, G), got shape {tuple(scores.shape)}")
+    if scores.numel():
+        low, high = (value.item() for value in scores.aminmax())
+        if not (math.isfinite(low) and math.isfinite(high)) or max(-low, high) > MAX_ABS_SCORE:
+            raise ValueError(f"scores must be finite cosines (|s| <= {MAX_ABS_SCORE:g}), got range [{low}, {high}]")
+    num_rows, gallery_size = scores.shape
+    candidate_scores, candidate_indices = topk_candidates(scores, k)  # (c, k), cosine order
+    k = candidate_indices.shape[1]
+
+    logit_batches = []
+    for start in range(0, num_rows, batch_queries):
+        stop = min(start + batch_queries, num_rows)
+        query_index = torch.arange(start, stop, device=scores.device) + query_offset  # (n,)
+        logits = match_logits(query_index, candidate_indices[start:stop])
+        if tuple(logits.shape) != (stop - start, k):
+            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({stop - start}, {k})")
+        logit_batches.append(logits.to(device=scores.device, dtype=torch.float32))
+    candidate_logits = torch.cat(logit_batches) if logit_batches else candidate_scores.new_zeros(0, k).float()
+
+    # Order candidates by the exact combined score; pre-sorting by gallery index makes ties go to the lower one.
+    by_gallery = candidate_indices.argsort(dim=1)  # (c, k) — indices within a row are distinct
+    combined = candidate_scores.double().gather(1, by_gallery) + candidate_logits.double().gather(1, by_gallery)
+    final_order = torch.sort(combined, dim=1, descending=True, stable=True).indices  # (c, k)
+    reranked_indices = candidate_indices.gather(1, by_gallery).gather(1, final_order)  # (c, k)
+
+    reranked = scores.float().clone()  # (c, G)
+    reranked.scatter_(1, candidate_indices, float("-inf"))
+    if k < gallery_size:
+        best_remaining = reranked.amax(dim=1, keepdim=True)  # (c, 1) m_q
+    else:
+        best_remaining = reranked.new_zeros(num_rows, 1)
+    steps = torch.arange(k, 0, -1, device=scores.device, dtype=torch.float32)  # (k,) k, k-1, ..., 1
+    reranked.scatter_(1, reranked_indices, best_remaining + steps)
+    return RerankResult(reranked, candidate_indices, candidate_logits)

@@ -1,0 +1,179 @@
+"""The training loop: schedule → forward → backward/clip/step → log → evaluate/checkpoint.
+
+Runs as one process (CPU or one GPU) or one of many under torchrun. Checkpoints are atomic and hold
+everything needed to resume exactly, mid-epoch included: the sampler's order is a function of the epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.sampler import TrainSampler
+from engine import builders
+from engine.evaluator import EvalOptions, evaluate
+from engine.results import write_results
+from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
+from utils.config import Config, config_to_dict, dump_config
+from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
+from utils.run_log import MetricWriter, environment_info, setup_logging
+from utils.schedule import warmup_cosine_factor
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def eval_options(config: Config) -> EvalOptions:
+    e = config.eval
+    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.image_tokens_dtype,
+                       e.image_tokens_device, config.model.max_text_len)
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp must be off, bf16 or fp16, got {amp!r}")
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def resume_path(config: Config, output_dir: Path) -> Path | None:
+    if not config.train.resume:
+        return None
+    if config.train.resume == "auto":
+        last = output_dir / "last.pth"
+        return last if last.is_file() else None
+    return Path(config.train.resume)
+
+
+def train(config: Config) -> dict:
+    """Trains, selects on val, evaluates the selected weights on test; returns the test results."""
+    device = init_distributed(config.train.device)
+    output_dir = Path(config.train.output_dir)
+    setup_logging(output_dir)
+    torch.manual_seed(config.train.seed + get_rank())
+    if is_main_process():
+        dump_config(config, output_dir / "config.yaml")
+        (output_dir / "environment.json").write_text(json.dumps(
+            {**environment_info(), "code_version": code_version()}, indent=2))
+    splits = builders.load_splits(config)
+    tokenizer = builders.tokenizer_for(config)
+    train_set = builders.build_train_set(config, splits["train"], tokenizer)
+    world = get_world_size()
+    sampler = TrainSampler(train_set.labels, config.data.batch_size * world, config.data.instances_per_id,
+                           config.train.seed, get_rank(), world)
+    loader = DataLoader(train_set, batch_size=config.data.batch_size, sampler=sampler,
+                        num_workers=config.data.num_workers, persistent_workers=False, drop_last=True,
+                        generator=torch.Generator())  # own generator: the loader must not consume the global RNG
+    model = builders.build_model(config).to(device)
+    optimizer = builders.build_optimizer(config, model)
+    steps_per_epoch = sampler.batches_per_epoch // config.train.accumulate_steps
+    total_steps = steps_per_epoch * config.train.epochs
+    min_ratio = config.optim.min_lr / config.optim.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(
+        step, total_steps, config.optim.warmup_steps, min_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
+    weights = builders.loss_weights(config)
+    state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": float("-inf"), "best_epoch": -1}
+
+    checkpoint_path = resume_path(config, output_dir)
+    if checkpoint_path is not None:
+        checkpoint = load_checkpoint(checkpoint_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = checkpoint["train_state"]
+        set_rng_state(checkpoint["rng"][get_rank()])
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", checkpoint_path, state["epoch"], state["batch"],
+                 state["step"])
+    net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    writer = MetricWriter(output_dir)
+    val_set = builders.build_retrieval_set(config, splits["val"]) if splits["val"] else None
+    if val_set is None:
+        log.info("no val split: best.pth is the last epoch (set data.val_from_train to select on held-out people)")
+    eval_transform = builders.build_eval_transform(config)
+
+    def save(name: str) -> None:
+        rngs = all_gather_object(rng_state())
+        if is_main_process():
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "train_state": dict(state),
+                         "rng": rngs, "config": config_to_dict(config), "code_version": code_version()},
+                        output_dir / name)
+        barrier()
+
+    while state["epoch"] < config.train.epochs:
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch, start_batch=state["batch"])
+        net.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not is_main_process(),
+                   initial=state["batch"], total=sampler.batches_per_epoch, unit="batch")
+        started = time.time()
+        for batch in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, config.train.amp):
+                losses = net(batch)
+            total = sum(weights[name] * value for name, value in losses.items())
+            scaler.scale(total / config.train.accumulate_steps).backward()
+            state["batch"] += 1
+            if state["batch"] % config.train.accumulate_steps:
+                continue
+            if config.train.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state["step"] += 1
+            rate = config.data.batch_size * world * (state["batch"] - bar.initial) / (time.time() - started)
+            bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
+            if state["step"] % config.train.log_every == 0:
+                writer.write({"epoch": epoch, "loss": total.item(), "lr": scheduler.get_last_lr()[0],
+                              "samples_per_s": rate, **{f"loss_{k}": v.item() for k, v in losses.items()}},
+                             state["step"], "train/")
+            if config.train.save_every_steps and state["step"] % config.train.save_every_steps == 0:
+                save("last.pth")
+        state["epoch"], state["batch"] = epoch + 1, 0
+        if val_set is not None and (state["epoch"] % config.train.eval_every == 0
+                                    or state["epoch"] == config.train.epochs):
+            results = evaluate(model, val_set, tokenizer, eval_transform, eval_options(config), device)
+            stage = "reranked" if config.eval.rerank else "global"
+            metric = results[stage][config.train.select_metric]
+            log.info("epoch %d val %s: %s", state["epoch"], stage, _format(results[stage]))
+            writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, state["step"], "val/")
+            if metric > state["best_metric"]:
+                state["best_metric"], state["best_epoch"] = metric, state["epoch"]
+                save("best.pth")
+        elif val_set is None:
+            state["best_epoch"] = state["epoch"]
+            save("best.pth")
+        save("last.pth")
+    writer.close()
+    log.info("training done; best epoch %d (val %s %.2f)", state["best_epoch"], config.train.select_metric,
+             state["best_metric"])
+    best = load_checkpoint(output_dir / "best.pth")
+    model.load_state_dict(best["model"])
+    return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth")
+
+
+def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
+    """Evaluates ``model`` on ``eval.split`` and writes ``results.json`` next to the run."""
+    dataset = builders.build_retrieval_set(config, splits[config.eval.split])
+    results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), eval_options(config), device)
+    if is_main_process():
+        write_results(results, config, checkpoint, output_dir)
+    return results
+
+
+def _format(metrics: dict) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in metrics.items())

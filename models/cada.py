@@ -1,0 +1,126 @@
+"""CADA: the backbone's encoders plus the training objective, returning a dict of named losses.
+
+Losses (method.md §2): ``global`` (alignment of projected [CLS] features), ``itm`` (match / no match on the
+fused first token, hardest negatives from the global batch), ``atp`` (text tokens → image patches: match
+scores of groups of fused token states) and ``ara`` (image regions → text attributes: masked attribute
+words predicted by the image-conditioned decoder). Weights are applied by the caller, by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from datasets.tokenization import ENC_ID
+from models.cada_backbone import CADABackbone
+from models.losses.ara import ara_loss
+from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
+from models.losses.global_alignment import global_alignment_loss
+from models.losses.itm import itm_loss, select_hard_negatives
+from models.registry import ModelSpec
+from utils.dist import all_gather_no_grad, all_gather_with_grad
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """What the model computes in training; loss weights stay with the caller."""
+
+    losses: tuple[str, ...] = ("global", "itm", "atp", "ara")
+    global_scale: float = 50.0
+    global_terms: tuple[float, float, float] = (1.0, 1.0, 1.0)  # forward KL, reverse KL, CE
+    itm_negatives: str = "argmax"
+    itm_temperature: float = 0.07
+    atp_mode: str = "reference"
+    atp_groups: int = 2
+    atp_mask_padding: bool = False
+
+
+class CADA(CADABackbone):
+    """The CADA model. ``forward(batch)`` returns ``{name: scalar loss}`` for the enabled losses."""
+
+    def __init__(self, spec: ModelSpec, image_size: tuple[int, int], objective: ObjectiveSettings = ObjectiveSettings(),
+                 decoder_causal: bool = True, grad_checkpointing: bool = False):
+        super().__init__(spec, image_size, decoder_causal=decoder_causal, grad_checkpointing=grad_checkpointing)
+        unknown = set(objective.losses) - {"global", "itm", "atp", "ara"}
+        if unknown:
+            raise ValueError(f"unknown losses {sorted(unknown)}; known: global, itm, atp, ara")
+        if objective.atp_mode not in ("reference", "adaptive"):
+            raise ValueError(f"atp mode must be 'reference' or 'adaptive', got {objective.atp_mode!r}")
+        self.objective = objective
+        if "atp" in objective.losses and objective.atp_mode == "adaptive":
+            self.adaptive_atp = AdaptiveATP(spec.text_width)
+
+    def new_parameter_prefixes(self) -> tuple[str, ...]:
+        """Parameters that no pre-trained checkpoint holds (BLIP lacks the ATP heads)."""
+        return ("itm_local_head.", "adaptive_atp.")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        settings, wanted = self.objective, set(self.objective.losses)
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["label"]
+        image_embeds = self.encode_image(batch["image"])  # (b, 1+N, Dv)
+        image_proj = self.project_image(image_embeds)  # (b, 256) unnormalised
+        text_proj = self.project_text(self.encode_text(ids, mask))  # (b, 256)
+        labels_all = all_gather_no_grad(labels)  # (B,)
+        losses = {}
+        if "global" in wanted:
+            losses["global"] = global_alignment_loss(
+                all_gather_with_grad(F.normalize(image_proj, dim=-1)),
+                all_gather_with_grad(F.normalize(text_proj, dim=-1)),
+                labels_all, scale=settings.global_scale, weights=settings.global_terms)
+        if wanted & {"itm", "atp"}:
+            losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj))
+        if "ara" in wanted:
+            losses["ara"] = self._ara_loss(batch, image_embeds)
+        return losses
+
+    def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj):
+        """ITM and ATP share the fused passes over b positive and 2b hardest-negative pairs."""
+        settings = self.objective
+        b = ids.shape[0]
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = ENC_ID
+        with torch.no_grad():
+            image_proj_all, text_proj_all = all_gather_no_grad(image_proj), all_gather_no_grad(text_proj)
+            sim_t2i = text_proj.float() @ image_proj_all.float().t() / settings.itm_temperature  # (b, B)
+            sim_i2t = image_proj.float() @ text_proj_all.float().t() / settings.itm_temperature  # (b, B)
+            neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels_all,
+                                                        mode=settings.itm_negatives)
+        image_embeds_all = all_gather_with_grad(image_embeds)  # (B, 1+N, Dv), gradients reach the owner
+        ids_all, mask_all = all_gather_no_grad(enc_ids), all_gather_no_grad(mask)
+        # negatives: each text with its hardest image, then each image with its hardest text
+        neg_ids = torch.cat([enc_ids, ids_all[neg_text]])  # (2b, L)
+        neg_mask = torch.cat([mask, mask_all[neg_text]])
+        neg_images = torch.cat([image_embeds_all[neg_image], image_embeds])  # (2b, 1+N, Dv)
+        fused = self.fuse(torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask]),
+                          torch.cat([image_embeds, neg_images]))  # (3b, L, D)
+        fused_mask = torch.cat([mask, neg_mask])
+        is_match = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(ids.device)
+        losses = {}
+        if "itm" in settings.losses:
+            logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
+            losses["itm"] = itm_loss(logits[:b], logits[b:])
+        if "atp" in settings.losses:
+            if settings.atp_mode == "reference":
+                groups = atp_group_features(fused, fused_mask, mode="reference", groups=settings.atp_groups,
+                                            mask_padding=settings.atp_mask_padding)  # (3b, G, D)
+                losses["atp"] = atp_loss_reference(self.itm_local_head(groups).float(), is_match)
+            else:
+                losses["atp"] = self.adaptive_atp(fused, fused_mask, is_match, self.itm_local_head,
+                                                  groups=settings.atp_groups)
+        return losses
+
+    def _ara_loss(self, batch, image_embeds):
+        """Predicts masked attribute words; the vocabulary projection runs on masked positions only."""
+        labels = batch["ara_labels"]  # (b, L), -100 where not masked
+        hidden = self.decoder_hidden(batch["ara_input_ids"], batch["attention_mask"], image_embeds)  # (b, L, D)
+        selected = labels != -100
+        logits = self.decoder_logits(hidden[selected])  # (M, V)
+        return ara_loss(logits.float().unsqueeze(0), labels[selected].unsqueeze(0))
+
+    @torch.no_grad()
+    def match_logits(self, ids: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Raw ITM logit of the match class for each (text, image) pair: (n,)."""
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = ENC_ID
+        return self.itm_head(self.fuse(enc_ids, mask, image_embeds)[:, 0])[:, 1].float()

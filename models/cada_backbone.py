@@ -1,0 +1,102 @@
+"""CADA's parameter container: BLIP's encoders, decoder, projections and match heads, no losses.
+
+The attribute names make ``state_dict()`` equal, key for key and shape for shape, the authors' CADA
+checkpoint (``cada_base`` at 224x224); the loss-computing model builds on the encode/project/fuse/
+decode methods here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.med_bert import MedBert, TextDecoder
+from models.registry import ModelSpec
+from models.vit import ImageEncoder
+
+MATCH_CLASS = 1  # itm_head's logit index for "the text describes the image"
+
+
+class CADABackbone(nn.Module):
+    """Image encoder, MED text encoder, MED text decoder, 256-d projections and ITM heads.
+
+    Args:
+        spec: module sizes (see :mod:`models.registry`).
+        image_size: (H, W) of input images, divisible by the patch size.
+        decoder_causal: causal self-attention in the text decoder (the reference) or bidirectional.
+        grad_checkpointing: recompute ViT blocks and MED layers in the backward pass.
+    """
+
+    def __init__(self, spec: ModelSpec, image_size: tuple[int, int], decoder_causal: bool = True,
+                 grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.spec = spec
+        text_args = dict(vocab_size=spec.vocab_size, width=spec.text_width, heads=spec.text_heads, ffn=spec.text_ffn,
+                         image_width=spec.vision_width, max_positions=spec.max_positions, dropout=spec.dropout,
+                         grad_checkpointing=grad_checkpointing)
+        self.visual_encoder = ImageEncoder(image_size, spec.vision_patch, spec.vision_width, spec.vision_depth,
+                                           spec.vision_heads, grad_checkpointing=grad_checkpointing)
+        self.text_encoder = MedBert(num_layers=spec.text_layers, **text_args)
+        self.vision_proj = nn.Linear(spec.vision_width, spec.embed_dim)
+        self.text_proj = nn.Linear(spec.text_width, spec.embed_dim)
+        self.itm_head = nn.Linear(spec.text_width, 2)
+        self.itm_local_head = nn.Linear(spec.text_width, 2)
+        self.text_decoder = TextDecoder(num_layers=spec.decoder_layers, causal=decoder_causal, **text_args)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, 1 + N, Dv), [CLS] first, from images (B, 3, H, W)."""
+        return self.visual_encoder(images)
+
+    def project_image(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Unnormalised 256-d image feature (B, E) from the [CLS] token (ITM's hard-negative sims)."""
+        return self.vision_proj(image_embeds[:, 0])
+
+    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image feature (B, E) for retrieval."""
+        return F.normalize(self.project_image(image_embeds), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text-mode states (B, L, Dt): bidirectional, no cross-attention.
+
+        Args:
+            input_ids: (B, L) ids starting with ``[CLS]``.
+            attention_mask: (B, L), 1 for real tokens.
+        """
+        return self.text_encoder(input_ids, attention_mask)
+
+    def project_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Unnormalised 256-d text feature (B, E) from the first token's state."""
+        return self.text_proj(text_embeds[:, 0])
+
+    def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text feature (B, E) for retrieval."""
+        return F.normalize(self.project_text(text_embeds), dim=-1)
+
+    def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Multimodal states (B, L, Dt): the text encoder cross-attending to every image token.
+
+        Args:
+            input_ids: (B, L) ids whose first token is ``[ENC]``.
+            attention_mask: (B, L), 1 for real tokens.
+            image_embeds: (B, 1 + N, Dv) image tokens paired row by row with the texts.
+        """
+        return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds)
+
+    def match_logits(self, fused: torch.Tensor) -> torch.Tensor:
+        """ITM logits (B, 2) from the fused first token; index 1 is the match class."""
+        return self.itm_head(fused[:, 0])
+
+    def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        image_embeds: torch.Tensor) -> torch.Tensor:
+        """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking.
+
+        Args:
+            input_ids: (B, L) ids whose first token is ``[ENC]``.
+            attention_mask: (B, L), 1 for real tokens.
+            image_embeds: (B, 1 + N, Dv) image tokens.
+        """
+        return self.match_logits(self.fuse(input_ids, attention_mask, image_embeds))[:, MATCH_CLASS]
+
+    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Decoder vocabulary logits (B, L, V) for (B, L) ids grounded on (B, 1 + N, Dv) image tokens."""
+        return self.text_decoder(input_ids, attention_mask, image_embeds)

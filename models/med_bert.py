@@ -1,0 +1,284 @@
+"""BLIP's "MED" BERT: one stack of post-LN layers used in a text mode and an image-grounded mode.
+
+Each layer (LayerNorm eps 1e-12, dropout on every residual branch and on attention probabilities):
+
+    h = LN(h + W_o SelfAttn(h))                      # bidirectional, or causal for the decoder
+    h = LN(h + W_o CrossAttn(h, image tokens))       # multimodal mode only; skipped in text mode
+    h = LN(h + W_2 GELU(W_1 h))
+
+Embeddings are word + absolute position (no token types), then LayerNorm and dropout; there is no
+pooler. Module names reproduce BLIP's checkpoint keys (``embeddings.*``, ``encoder.layer.N.*``,
+``cls.predictions.*``) so that weights load one to one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+LAYER_NORM_EPS = 1e-12
+INIT_STD = 0.02
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention of ``hidden`` over ``context`` (itself, or image tokens).
+
+    Args:
+        width: query/output width D (a multiple of ``heads``).
+        heads: attention heads.
+        context_width: width of the keys/values' source (D for self-attention, the image width for
+            cross-attention).
+        dropout: dropout on attention probabilities while training.
+    """
+
+    def __init__(self, width: int, heads: int, context_width: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(context_width, width)
+        self.value = nn.Linear(context_width, width)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, heads, L, D/heads)
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Attends (B, L, D) queries over (B, S, Dc) context; ``keep`` is a bool mask broadcastable to
+        (B, heads, L, S), True where attention is allowed, or None for no mask. Returns (B, L, D)."""
+        query = self._split_heads(self.query(hidden))
+        key = self._split_heads(self.key(context))
+        value = self._split_heads(self.value(context))
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        return attended.transpose(1, 2).flatten(2)  # (B, L, D)
+
+
+class ResidualOutput(nn.Module):
+    """``LayerNorm(residual + Dropout(dense(x)))``, the post-LN sublayer output."""
+
+    def __init__(self, in_width: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+
+
+class AttentionSublayer(nn.Module):
+    """Attention followed by its residual output (checkpoint names ``self`` and ``output``)."""
+
+    def __init__(self, width: int, heads: int, context_width: int, dropout: float) -> None:
+        super().__init__()
+        self.self = MultiHeadAttention(width, heads, context_width, dropout)
+        self.output = ResidualOutput(width, width, dropout)
+
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(hidden, context, keep), hidden)
+
+
+class Intermediate(nn.Module):
+    """First feed-forward projection with GELU."""
+
+    def __init__(self, width: int, ffn: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, ffn)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(hidden))
+
+
+class MedLayer(nn.Module):
+    """One MED layer: self-attention, optional cross-attention to image tokens, feed-forward."""
+
+    def __init__(self, width: int, heads: int, ffn: int, image_width: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = AttentionSublayer(width, heads, width, dropout)
+        self.crossattention = AttentionSublayer(width, heads, image_width, dropout)
+        self.intermediate = Intermediate(width, ffn)
+        self.output = ResidualOutput(ffn, width, dropout)
+
+    def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
+                image_keep: torch.Tensor | None) -> torch.Tensor:
+        hidden = self.attention(hidden, hidden, self_keep)
+        if image_embeds is not None:
+            hidden = self.crossattention(hidden, image_embeds, image_keep)
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class MedLayerStack(nn.Module):
+    """The layers (checkpoint name ``encoder.layer.N``), optionally recomputed in the backward pass."""
+
+    def __init__(self, num_layers: int, width: int, heads: int, ffn: int, image_width: int, dropout: float,
+                 grad_checkpointing: bool) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(MedLayer(width, heads, ffn, image_width, dropout) for _ in range(num_layers))
+        self.grad_checkpointing = grad_checkpointing
+
+    def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
+                image_keep: torch.Tensor | None) -> torch.Tensor:
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layer:
+            if recompute:
+                hidden = checkpoint(layer, hidden, self_keep, image_embeds, image_keep, use_reentrant=False)
+            else:
+                hidden = layer(hidden, self_keep, image_embeds, image_keep)
+        return hidden
+
+
+class TextEmbeddings(nn.Module):
+    """Word + absolute position embeddings, LayerNorm, dropout (no token-type embeddings)."""
+
+    def __init__(self, vocab_size: int, width: int, max_positions: int, dropout: float) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, width)
+        self.position_embeddings = nn.Embedding(max_positions, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        # Saved in BLIP's checkpoints, hence persistent.
+        self.register_buffer("position_ids", torch.arange(max_positions).unsqueeze(0), persistent=True)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if length > self.position_ids.shape[1]:
+            raise ValueError(f"text length {length} exceeds the {self.position_ids.shape[1]} position embeddings")
+        positions = self.position_ids[:, :length]  # (1, L)
+        embedded = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, L, D)
+        return self.dropout(self.LayerNorm(embedded))
+
+
+def _init_bert_weights(module: nn.Module) -> None:
+    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=INIT_STD)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class MedBert(nn.Module):
+    """MED BERT encoder with a text mode and a multimodal (cross-attention) mode over one set of weights.
+
+    Args:
+        vocab_size: vocabulary size (30,524 with ``[DEC]``/``[ENC]``).
+        width: hidden width D.
+        num_layers: number of layers.
+        heads: attention heads.
+        ffn: feed-forward hidden width.
+        image_width: width of the image tokens that cross-attention reads (may differ from D).
+        max_positions: absolute positions.
+        dropout: hidden and attention-probability dropout.
+        grad_checkpointing: recompute layers in the backward pass while training.
+    """
+
+    def __init__(self, vocab_size: int, width: int, num_layers: int, heads: int, ffn: int, image_width: int,
+                 max_positions: int = 512, dropout: float = 0.1, grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.embeddings = TextEmbeddings(vocab_size, width, max_positions, dropout)
+        self.encoder = MedLayerStack(num_layers, width, heads, ffn, image_width, dropout, grad_checkpointing)
+        self.apply(_init_bert_weights)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                image_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Encodes token ids; returns hidden states (B, L, D).
+
+        Args:
+            input_ids: (B, L) token ids.
+            attention_mask: (B, L), 1 for real tokens, 0 for padding (keys only; padded queries still
+                get outputs, which callers ignore).
+            image_embeds: (B, S, Dv) image tokens for cross-attention; None selects the text mode, which
+                skips cross-attention entirely.
+            image_mask: (B, S), 1 for image tokens to attend to; None attends to all.
+            causal: position t attends only to positions <= t (the decoder's self-attention).
+        """
+        length = input_ids.shape[1]
+        self_keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        if causal:
+            lower = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+            self_keep = self_keep & lower  # (B, 1, L, L)
+        image_keep = None if image_mask is None else image_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        hidden = self.embeddings(input_ids)  # (B, L, D)
+        return self.encoder(hidden, self_keep, image_embeds, image_keep)
+
+
+class PredictionTransform(nn.Module):
+    """dense → GELU → LayerNorm before the vocabulary projection."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class TokenPredictions(nn.Module):
+    """Vocabulary logits with the projection tied to the word embeddings.
+
+    ``decoder.weight`` is the word-embedding Parameter and ``decoder.bias`` is ``bias`` (the same
+    Parameter), so the state dict lists both names, as BLIP's checkpoints do.
+    """
+
+    def __init__(self, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        vocab_size, width = word_embeddings.weight.shape
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.transform = PredictionTransform(width)
+        self.transform.apply(_init_bert_weights)
+        self.decoder = nn.Linear(width, vocab_size, device="meta")  # both Parameters replaced below
+        self.decoder.weight = word_embeddings.weight
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden))  # (B, L, V)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head (checkpoint name ``cls.predictions``)."""
+
+    def __init__(self, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.predictions = TokenPredictions(word_embeddings)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden)
+
+
+class TextDecoder(nn.Module):
+    """Image-grounded MED stack + masked-LM head predicting every position's token.
+
+    Args:
+        vocab_size, width, num_layers, heads, ffn, image_width, max_positions, dropout,
+            grad_checkpointing: as for :class:`MedBert`.
+        causal: causal self-attention (the reference); False makes it bidirectional.
+    """
+
+    def __init__(self, vocab_size: int, width: int, num_layers: int, heads: int, ffn: int, image_width: int,
+                 max_positions: int = 512, dropout: float = 0.1, causal: bool = True,
+                 grad_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.bert = MedBert(vocab_size, width, num_layers, heads, ffn, image_width, max_positions, dropout,
+                            grad_checkpointing)
+        self.cls = MLMHead(self.bert.embeddings.word_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns vocabulary logits (B, L, V) for (B, L) ids grounded on (B, S, Dv) image tokens.
+
+        Args:
+            input_ids: (B, L) token ids.
+            attention_mask: (B, L), 1 for real tokens.
+            image_embeds: (B, S, Dv) image tokens.
+            image_mask: (B, S) or None (attend to all image tokens).
+        """
+        hidden = self.bert(input_ids, attention_mask, image_embeds, image_mask, causal=self.causal)
+        return self.cls(hidden)
