@@ -1,7 +1,7 @@
 """Image transforms of the reference recipe: PIL image → normalised float tensor (3, H, W).
 
-Train: Resize (bicubic) → RandomHorizontalFlip → Pad → RandomCrop → ToTensor → Normalize → RandomErasing.
-Eval:  Resize (bicubic) → ToTensor → Normalize.
+Train: to RGB → Resize (bicubic) → RandomHorizontalFlip → Pad → RandomCrop → ToTensor → Normalize → RandomErasing.
+Eval:  to RGB → Resize (bicubic) → ToTensor → Normalize.
 Normalisation uses CLIP's per-channel statistics: x ← (x − mean) / std with x in [0, 1].
 """
 from __future__ import annotations
@@ -17,6 +17,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ERASING_SCALE = (0.02, 0.4)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Converts grey-scale, palette or RGBA images to RGB (a module-level function, so transforms pickle)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool = True, pad: int = 10,
                           erasing: float = 0.5) -> Callable[[Image.Image], torch.Tensor]:
     """Builds the train or eval image transform.
@@ -30,7 +35,7 @@ def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool =
         erasing: train only: probability of random erasing (scale 0.02–0.4 of the area); 0 disables it.
 
     Returns:
-        A callable mapping an RGB PIL image to a float tensor of shape (3, H, W).
+        A picklable callable mapping a PIL image (any mode) to a float tensor of shape (3, H, W).
     """
     height, width = image_size
     if height <= 0 or width <= 0:
@@ -40,7 +45,7 @@ def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool =
     if not 0.0 <= erasing <= 1.0:
         raise ValueError(f"erasing must be a probability in [0, 1], got {erasing}")
 
-    steps: list[Callable] = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
+    steps: list[Callable] = [T.Lambda(to_rgb), T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
     if train and flip:
         steps.append(T.RandomHorizontalFlip(p=0.5))
     if train and pad > 0:

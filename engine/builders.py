@@ -9,8 +9,8 @@ import torch
 
 from datasets.attributes import attribute_candidates, build_tagger
 from datasets.person_search import RetrievalSet, TrainPairs, split_records
-from datasets.records import PersonRecord, check_images_exist
-from datasets.registry import DATASETS, load_records
+from datasets.records import PersonRecord
+from datasets.registry import dataset_dir, load_records
 from datasets.synthetic import generate_dataset
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
@@ -19,25 +19,20 @@ from models.checkpoint_import import load_pretrained
 from models.losses.ara import mask_attribute_tokens, pack_candidate_groups
 from models.registry import get_model_spec
 from utils.config import Config
+from utils.dist import barrier, is_main_process
 
 log = logging.getLogger(__name__)
 
 
-def dataset_dir(config: Config) -> Path:
-    if config.data.dataset not in DATASETS:
-        raise ValueError(f"unknown data.dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}")
-    return Path(config.data.root) / DATASETS[config.data.dataset][0]
-
-
 def load_splits(config: Config) -> dict[str, list[PersonRecord]]:
     """Reads (or, for the synthetic set, first generates) the annotation and splits it."""
-    folder = dataset_dir(config)
-    if config.data.dataset == "synthetic" and not (folder / "reid_raw.json").is_file():
+    folder = dataset_dir(config.data.dataset, config.data.root)
+    if config.data.dataset == "synthetic" and not (folder / "reid_raw.json").is_file() and is_main_process():
         log.info("generating the synthetic dataset in %s (%d identities)", folder, config.data.synthetic_ids)
         generate_dataset(folder, num_ids=config.data.synthetic_ids, seed=config.data.synthetic_seed,
                          images_per_id=config.data.synthetic_images_per_id)
-    records = load_records(config.data.dataset, config.data.root)
-    check_images_exist(records, folder)
+    barrier()  # other ranks read what rank 0 generated
+    records = load_records(config.data.dataset, config.data.root)  # also checks every image exists
     splits = split_records(records, config.data.val_from_train, config.data.val_seed)
     for name, part in splits.items():
         log.info("%s: %d images, %d identities, %d captions", name, len(part), len({r.person_id for r in part}),
@@ -67,7 +62,7 @@ def build_model(config: Config, load_weights: bool = True) -> CADA:
                  decoder_causal=config.model.decoder_causal, grad_checkpointing=config.train.grad_checkpointing)
     if load_weights and config.model.pretrained:
         load_pretrained(model, config.model.pretrained,
-                        allow_missing_prefixes=model.new_parameter_prefixes())
+                        allow_missing=model.new_parameter_prefixes())
     return model
 
 

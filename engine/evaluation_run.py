@@ -31,7 +31,7 @@ def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str
     output_dir = Path(checkpoint).resolve().parent / f"eval_{config.eval.split}"
     setup_logging(output_dir)
     model = builders.build_model(config, load_weights=False)
-    load_pretrained(model, checkpoint, allow_missing_prefixes=model.new_parameter_prefixes())
+    load_pretrained(model, checkpoint, allow_missing=model.new_parameter_prefixes())
     model.to(device)
     splits = builders.load_splits(config)
     return run_test(config, model, builders.tokenizer_for(config), splits, device, output_dir, Path(checkpoint))

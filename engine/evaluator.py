@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.person_search import GalleryImages, RetrievalSet
-from datasets.tokenization import encode
-from engine.rerank import rerank_scores
+from datasets.tokenization import ENC_ID, encode
+from engine.rerank import rerank
 from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
-from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks
+from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class EvalOptions:
     batch_size: int = 64
     k_test: int = 16
     rerank: bool = True
-    chunk_size: int = 1024
+    chunk_size: int = 448
     rerank_batch_queries: int = 16
     image_tokens_dtype: str = "float32"
     image_tokens_device: str = "auto"
@@ -72,7 +72,9 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     texts = dataset.query_texts[bounds[rank]:bounds[rank + 1]]
     query_pids = dataset.query_pids[bounds[rank]:bounds[rank + 1]]
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)
+    ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
+    model_dtype = next(model.parameters()).dtype
     stages = {"global": RetrievalMetrics()}
     if options.rerank:
         stages["reranked"] = RetrievalMetrics()
@@ -82,19 +84,21 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
         stages["global"].update(scores, chunk_pids, gallery_pids)
         if options.rerank:
             def match_logits(query_index, gallery_index):
-                q = query_index + start
                 n, k = gallery_index.shape
-                tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device)
-                return model.match_logits(ids[q].to(device).repeat_interleave(k, 0),
-                                          mask[q].to(device).repeat_interleave(k, 0),
-                                          tokens.to(next(model.parameters()).dtype)).view(n, k).cpu()
-            reranked = rerank_scores(scores, options.k_test, match_logits, options.rerank_batch_queries)
-            stages["reranked"].update(reranked, chunk_pids, gallery_pids)
+                tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)]
+                return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
+                                             mask[query_index.cpu()].to(device).repeat_interleave(k, 0),
+                                             tokens.to(device, model_dtype)).view(n, k)
+            reranked = rerank(scores, options.k_test, match_logits, query_offset=start,
+                              batch_queries=options.rerank_batch_queries)
+            stages["reranked"].update(reranked.scores, chunk_pids, gallery_pids)
+        del scores
 
     results = {"chance_r1": chance_r1(dataset.query_pids, gallery_pids), "num_queries": len(dataset.query_texts),
                "num_gallery": len(dataset.gallery_paths)}
     for name, metrics in stages.items():
-        shards = all_gather_object(metrics.state())
-        results[name] = RetrievalMetrics.from_states(shards).compute()
-        results[name + "_first_positive_rank"] = RetrievalMetrics.from_states(shards).first_positive_rank.tolist()
+        shards = all_gather_object(metrics.per_query())  # query shards in rank order = query order
+        per_query = {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
+        results[name] = summarize(per_query)
+        results[name + "_per_query"] = per_query
     return results

@@ -11,8 +11,8 @@ become equal, after which the tie would be broken by gallery index instead of by
 the order inside C_q is decided in float64 on the exact combined scores, and candidate j of the final
 order (j = 0..k-1) gets the score  m_q + (k - j),  with m_q the highest cosine outside C_q (0 when
 k >= G). For |s| <= 2^20 (cosines are within [-1, 1]) and k < 2^22 the fp32 spacing near m_q + k is
-below 1, so the keys strictly decrease along the final order and all stay above every remaining score. The combined scores are recoverable from the returned candidate
-indices and logits.
+below 1, so the keys strictly decrease along the final order and all stay above every remaining score.
+The combined scores are recoverable from the returned candidate indices and logits.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def topk_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
         raise ValueError(f"scores must be (c, G), got shape {tuple(scores.shape)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if torch.isnan(scores).any():
+    if scores.numel() and scores.aminmax().max.isnan():  # aminmax propagates NaN
         raise ValueError("scores hold NaN; candidate order would be undefined")
     num_rows, gallery_size = scores.shape
     k = min(k, gallery_size)
@@ -67,12 +67,13 @@ def topk_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
         selected = torch.ones_like(scores, dtype=torch.bool)
     else:
         kth_value = torch.topk(scores, k, dim=1).values[:, -1:]  # (c, 1)
-        above = scores > kth_value  # (c, G)
+        selected = scores > kth_value  # (c, G), then completed with the tied values below
         at_kth = scores == kth_value  # (c, G)
-        still_needed = k - above.sum(dim=1, keepdim=True)  # (c, 1), >= 1
-        tie_ordinal = at_kth.cumsum(dim=1, dtype=torch.int32)  # (c, G) 1-based among the tied, gallery order
-        selected = above | (at_kth & (tie_ordinal <= still_needed))
-        del above, at_kth, tie_ordinal
+        still_needed = k - selected.sum(dim=1, keepdim=True)  # (c, 1), >= 1
+        if (at_kth.sum(dim=1, keepdim=True) > still_needed).any():  # more ties than places: lowest indices win
+            at_kth &= at_kth.cumsum(dim=1, dtype=torch.int32) <= still_needed
+        selected |= at_kth
+        del at_kth
     indices = selected.nonzero(as_tuple=True)[1].view(num_rows, k)  # (c, k) ascending gallery index
     order = torch.sort(scores.gather(1, indices), dim=1, descending=True, stable=True).indices
     indices = indices.gather(1, order)

@@ -17,7 +17,7 @@ from models.cada_backbone import CADABackbone
 from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
-from models.losses.itm import itm_loss, select_hard_negatives
+from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
 from models.registry import ModelSpec
 from utils.dist import all_gather_no_grad, all_gather_with_grad
 
@@ -81,9 +81,8 @@ class CADA(CADABackbone):
         enc_ids = ids.clone()
         enc_ids[:, 0] = ENC_ID
         with torch.no_grad():
-            image_proj_all, text_proj_all = all_gather_no_grad(image_proj), all_gather_no_grad(text_proj)
-            sim_t2i = text_proj.float() @ image_proj_all.float().t() / settings.itm_temperature  # (b, B)
-            sim_i2t = image_proj.float() @ text_proj_all.float().t() / settings.itm_temperature  # (b, B)
+            sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, all_gather_no_grad(image_proj),
+                                                all_gather_no_grad(text_proj), settings.itm_temperature)  # (b, B)
             neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels_all,
                                                         mode=settings.itm_negatives)
         image_embeds_all = all_gather_with_grad(image_embeds)  # (B, 1+N, Dv), gradients reach the owner
@@ -101,13 +100,13 @@ class CADA(CADABackbone):
             logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
             losses["itm"] = itm_loss(logits[:b], logits[b:])
         if "atp" in settings.losses:
+            groups, valid = atp_group_features(fused, fused_mask, mode=settings.atp_mode, groups=settings.atp_groups,
+                                               mask_padding=settings.atp_mask_padding)  # (3b, G, D), (3b, G)
             if settings.atp_mode == "reference":
-                groups = atp_group_features(fused, fused_mask, mode="reference", groups=settings.atp_groups,
-                                            mask_padding=settings.atp_mask_padding)  # (3b, G, D)
-                losses["atp"] = atp_loss_reference(self.itm_local_head(groups).float(), is_match)
+                losses["atp"] = atp_loss_reference(self.itm_local_head(groups).float(), is_match,
+                                                   valid if settings.atp_mask_padding else None)
             else:
-                losses["atp"] = self.adaptive_atp(fused, fused_mask, is_match, self.itm_local_head,
-                                                  groups=settings.atp_groups)
+                losses["atp"], _ = self.adaptive_atp(groups, valid, is_match, self.itm_local_head)
         return losses
 
     def _ara_loss(self, batch, image_embeds):
@@ -117,10 +116,3 @@ class CADA(CADABackbone):
         selected = labels != -100
         logits = self.decoder_logits(hidden[selected])  # (M, V)
         return ara_loss(logits.float().unsqueeze(0), labels[selected].unsqueeze(0))
-
-    @torch.no_grad()
-    def match_logits(self, ids: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Raw ITM logit of the match class for each (text, image) pair: (n,)."""
-        enc_ids = ids.clone()
-        enc_ids[:, 0] = ENC_ID
-        return self.itm_head(self.fuse(enc_ids, mask, image_embeds)[:, 0])[:, 1].float()

@@ -82,8 +82,8 @@ class CADABackbone(nn.Module):
         """
         return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds)
 
-    def match_logits(self, fused: torch.Tensor) -> torch.Tensor:
-        """ITM logits (B, 2) from the fused first token; index 1 is the match class."""
+    def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
+        """ITM logits (B, 2) from the fused states' first token; index 1 is the match class."""
         return self.itm_head(fused[:, 0])
 
     def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -95,7 +95,17 @@ class CADABackbone(nn.Module):
             attention_mask: (B, L), 1 for real tokens.
             image_embeds: (B, 1 + N, Dv) image tokens.
         """
-        return self.match_logits(self.fuse(input_ids, attention_mask, image_embeds))[:, MATCH_CLASS]
+        fused = self.fuse(input_ids, attention_mask, image_embeds)
+        return self.itm_head(fused[:, 0])[:, MATCH_CLASS]
+
+    def decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       image_embeds: torch.Tensor) -> torch.Tensor:
+        """Text-decoder states (B, L, Dt) grounded on (B, 1 + N, Dv) image tokens, before the MLM head."""
+        return self.text_decoder.hidden_states(input_ids, attention_mask, image_embeds)
+
+    def decoder_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (..., V) of decoder states (..., Dt), e.g. of the masked positions only."""
+        return self.text_decoder.cls(hidden)
 
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """Decoder vocabulary logits (B, L, V) for (B, L) ids grounded on (B, 1 + N, Dv) image tokens."""

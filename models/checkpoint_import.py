@@ -64,7 +64,8 @@ class LoadReport:
 
 
 def _covered(key: str, names: tuple[str, ...]) -> bool:
-    return any(key == name or key.startswith(name + ".") for name in names)
+    """True when ``key`` is one of ``names`` or lies below one (a trailing dot on a name is optional)."""
+    return any(key == name.rstrip(".") or key.startswith(name.rstrip(".") + ".") for name in names)
 
 
 def _renamed(key: str, renamed: tuple[tuple[str, str], ...]) -> str:

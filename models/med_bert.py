@@ -270,6 +270,11 @@ class TextDecoder(nn.Module):
                             grad_checkpointing)
         self.cls = MLMHead(self.bert.embeddings.word_embeddings)
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                      image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder states (B, L, D) before the MLM head; arguments as for :meth:`forward`."""
+        return self.bert(input_ids, attention_mask, image_embeds, image_mask, causal=self.causal)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
                 image_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Returns vocabulary logits (B, L, V) for (B, L) ids grounded on (B, S, Dv) image tokens.
@@ -280,5 +285,4 @@ class TextDecoder(nn.Module):
             image_embeds: (B, S, Dv) image tokens.
             image_mask: (B, S) or None (attend to all image tokens).
         """
-        hidden = self.bert(input_ids, attention_mask, image_embeds, image_mask, causal=self.causal)
-        return self.cls(hidden)
+        return self.cls(self.hidden_states(input_ids, attention_mask, image_embeds, image_mask))

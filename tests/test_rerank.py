@@ -96,3 +96,5 @@ def test_bad_inputs_raise():
         rerank(torch.full((2, 3), float("inf")), 2, RecordingLogits(logit_table))
     with pytest.raises(ValueError, match="k must be"):
         topk_candidates(cosines, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        topk_candidates(torch.tensor([[0.1, float("nan"), 0.3]]), 2)

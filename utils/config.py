@@ -123,7 +123,7 @@ class EvalConfig:
     batch_size: int = 64
     k_test: int = 16
     rerank: bool = True
-    chunk_size: int = 1024  # queries scored at once; bounds memory (see utils/metrics.py)
+    chunk_size: int = 448  # queries scored at once; bounds memory (see utils/metrics.py)
     rerank_batch_queries: int = 16
     image_tokens_dtype: str = "float32"  # float32 | float16 | bfloat16
     image_tokens_device: str = "auto"  # auto | cpu | cuda

@@ -8,15 +8,18 @@ With positives at 1-based ranks r_1 < ... < r_P:
     AP   = (1/P) Σ_j j / r_j                 (precision at each positive, over the full ranking)
     INP  = P / r_P                           (inverse negative penalty; mINP = mean INP)
 
-Memory bound. Queries are processed in chunks of c rows against all G gallery items. Besides the
-(c, G) fp32 score chunk itself (4 bytes per entry, owned by the caller), ``RetrievalMetrics.update``
-holds at most the sort's values (4) and int64 order (8), then the boolean identity matches in gallery
-order and in ranked order (1 + 1): about 14 bytes per entry, i.e. extra ≈ 14·c·G bytes, plus O(c + G)
-vectors and O(#positives) index lists. ``iter_similarity_chunks`` adds one fp32 copy of the normalised
-gallery features (G·D·4 bytes) and the (c, G) chunk it yields. At G = 19,848 the default chunk of 512
-queries needs ≈ 142 MB extra for the metrics plus 41 MB per (c, G) fp32 chunk alive alongside it
-(the cosine chunk, and the re-ranked chunk when the second stage runs): ≈ 225 MB in all.
-Per-query results are kept (O(Q)) for error analysis.
+Memory bound. Queries are processed in chunks of c rows against all G gallery items.
+``RetrievalMetrics.update`` holds, besides the caller's (c, G) score chunk, at most the stable sort's values
+(4 bytes per entry) and int64 order (8); after the sort, the order and two boolean match masks (8 + 1 + 1):
+extra ≈ 12·c·G bytes, plus O(c) vectors and O(#positives) index lists. ``iter_similarity_chunks`` keeps one
+fp32 copy of the normalised gallery (4·G·D bytes) and yields fresh (c, G) fp32 chunks of 4·c·G bytes (two
+are alive while a loop variable still holds the previous chunk). The global stage thus needs
+≈ 20·c·G + 4·G·D bytes: at G = 19,848, D = 256 and the default c = 448, ≈ 170 MiB + 19 MiB.
+``benchmarks/eval_memory.py`` measured a 210 MiB peak above the features (271 MiB with the re-ranking stage)
+against ≈ 12,900 MiB (extrapolated) for the full-matrix approach. The default also keeps each fp32 chunk
+above glibc's 32 MiB mmap threshold at that G: smaller chunks fragmented the heap and peaked higher
+(266 MiB at c = 384).
+Per-query results (O(Q)) are kept for error analysis.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK_SIZE = 512
+DEFAULT_CHUNK_SIZE = 448
 
 
 def _as_pid_vector(pids, name: str) -> torch.Tensor:
@@ -138,7 +141,7 @@ class RetrievalMetrics:
                 f"scores must be (c, G) = ({query_pids.numel()}, {gallery_pids.numel()}) to match the pids, "
                 f"got {tuple(scores.shape)}"
             )
-        if torch.isnan(scores).any():
+        if scores.numel() and scores.aminmax().max.isnan():  # aminmax propagates NaN without a (c, G) mask
             raise ValueError(f"scores of queries {self.num_queries}..{self.num_queries + len(query_pids) - 1} hold NaN")
         chunk_size = scores.shape[0]
 
@@ -188,12 +191,16 @@ class RetrievalMetrics:
 
     def compute(self) -> dict[str, float]:
         """Returns ``{'R1', 'R5', 'R10', 'mAP', 'mINP'}`` (keys follow ``ks``) in percent."""
-        results = self.per_query()
-        first_ranks = results["first_positive_rank"]
-        metrics = {f"R{k}": 100.0 * (first_ranks <= k).double().mean().item() for k in self.ks}
-        metrics["mAP"] = 100.0 * results["average_precision"].mean().item()
-        metrics["mINP"] = 100.0 * results["inverse_negative_penalty"].mean().item()
-        return metrics
+        return summarize(self.per_query(), self.ks)
+
+
+def summarize(per_query: dict[str, torch.Tensor], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@k, mAP and mINP (percent) from ``RetrievalMetrics.per_query()`` results (e.g. merged over ranks)."""
+    first_ranks = per_query["first_positive_rank"]
+    metrics = {f"R{k}": 100.0 * (first_ranks <= k).double().mean().item() for k in ks}
+    metrics["mAP"] = 100.0 * per_query["average_precision"].mean().item()
+    metrics["mINP"] = 100.0 * per_query["inverse_negative_penalty"].mean().item()
+    return metrics
 
 
 def retrieval_metrics(
