@@ -1,18 +1,50 @@
-"""The ``eval.py`` job: load a checkpoint and a config, evaluate a split, write results."""
+"""The ``eval.py`` job: load a checkpoint and a config, evaluate a split, write results (and pictures)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from engine import builders
-from engine.trainer import run_test
+from engine.evaluator import EvalOptions, evaluate
+from engine.results import write_results
+from engine.visualize import check_selection, select_queries, write_query_grids
 from models.checkpoint_import import load_pretrained
 from utils.checkpoint import load_checkpoint
-from utils.config import config_from_dict, load_config
-from utils.dist import init_distributed
+from utils.config import Config, EvalConfig, config_from_dict, load_config
+from utils.dist import init_distributed, is_main_process
 from utils.run_log import setup_logging
 
 log = logging.getLogger(__name__)
+
+
+def eval_options(config: Config) -> EvalOptions:
+    e = config.eval
+    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.image_tokens_dtype,
+                       e.image_tokens_device, config.model.max_text_len, e.image_to_text)
+
+
+def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
+    """Evaluates ``model`` on ``eval.split``; writes ``results.json``, per-query CSVs and (``eval.visualize``) grids."""
+    dataset = builders.build_retrieval_set(config, splits[config.eval.split])
+    pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"
+    if pictures:
+        check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
+    results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), eval_options(config), device)
+    if is_main_process():
+        write_results(results, config, checkpoint, output_dir, dataset)
+        if pictures:
+            draw_queries(results, dataset, config.eval, output_dir / "visualize", seed=config.train.seed)
+    return results
+
+
+def draw_queries(results: dict, dataset, settings: EvalConfig, output_dir: Path, seed: int) -> list[Path]:
+    """PNG grids of the queries chosen by ``eval.visualize*``, from the re-ranked stage if present, else global."""
+    stage = "reranked" if "reranked_per_query" in results else "global"
+    per_query = results[f"{stage}_per_query"]
+    query_ids = select_queries(per_query["first_positive_rank"], settings.visualize, settings.visualize_mode,
+                               seed=seed, ids=settings.visualize_ids)
+    return write_query_grids(per_query, dataset, query_ids, output_dir / f"{stage}_{settings.visualize_mode}.png",
+                             stage)
 
 
 def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: list[str]):
@@ -21,7 +53,7 @@ def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: l
         return load_config(config_path, overrides)
     stored = load_checkpoint(checkpoint).get("config")
     if stored is None:
-        raise ValueError(f"{checkpoint} holds no config (BLIP/CADA release?): pass a config YAML after it")
+        raise ValueError(f"{checkpoint} holds no config (a BLIP/CADA release?): give a config YAML for it")
     return config_from_dict(stored, overrides)
 
 

@@ -34,6 +34,8 @@ class EvalOptions:
     image_tokens_dtype: str = "float32"
     image_tokens_device: str = "auto"
     max_text_len: int = 73
+    image_to_text: bool = False
+    keep_top: int = 10  # top gallery indices kept per query (pictures, error analysis)
 
 
 @torch.no_grad()
@@ -78,10 +80,12 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     stages = {"global": RetrievalMetrics()}
     if options.rerank:
         stages["reranked"] = RetrievalMetrics()
+    shown = {name: [] for name in stages}  # per chunk: top-n gallery indices and their scores
 
     for start, scores in iter_similarity_chunks(text_feats, image_feats, options.chunk_size):
         chunk_pids = query_pids[start:start + scores.shape[0]]
         stages["global"].update(scores, chunk_pids, gallery_pids)
+        shown["global"].append(top_n(scores, scores, options.keep_top))
         if options.rerank:
             def match_logits(query_index, gallery_index):
                 n, k = gallery_index.shape
@@ -92,13 +96,34 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
             reranked = rerank(scores, options.k_test, match_logits, query_offset=start,
                               batch_queries=options.rerank_batch_queries)
             stages["reranked"].update(reranked.scores, chunk_pids, gallery_pids)
+            combined = scores.scatter_add(1, reranked.candidate_indices, reranked.candidate_logits)  # cos + logit
+            shown["reranked"].append(top_n(reranked.scores, combined, options.keep_top))
         del scores
 
     results = {"chance_r1": chance_r1(dataset.query_pids, gallery_pids), "num_queries": len(dataset.query_texts),
                "num_gallery": len(dataset.gallery_paths)}
     for name, metrics in stages.items():
-        shards = all_gather_object(metrics.per_query())  # query shards in rank order = query order
+        local = {**metrics.per_query(), "top_indices": torch.cat([i for i, _ in shown[name]]),
+                 "top_scores": torch.cat([v for _, v in shown[name]])}
+        shards = all_gather_object(local)  # query shards in rank order = query order
         per_query = {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
         results[name] = summarize(per_query)
         results[name + "_per_query"] = per_query
+    if options.image_to_text:
+        results["image_to_text"] = image_to_text_metrics(image_feats, text_feats, dataset, options.chunk_size)
     return results
+
+
+def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` gallery indices of each row's final ranking (c, n) and their display scores (c, n)."""
+    order = torch.sort(ranking_keys, dim=1, descending=True, stable=True).indices[:, :n]
+    return order.cpu(), display_scores.gather(1, order).cpu()
+
+
+def image_to_text_metrics(image_feats, text_feats, dataset: RetrievalSet, chunk_size: int) -> dict:
+    """Image-to-text direction (global stage): each gallery image ranks all captions; positives share the pid."""
+    all_text_feats = torch.cat([t.to(image_feats.device) for t in all_gather_object(text_feats.cpu())])
+    metrics = RetrievalMetrics()
+    for start, scores in iter_similarity_chunks(image_feats, all_text_feats, chunk_size):
+        metrics.update(scores, dataset.gallery_pids[start:start + scores.shape[0]], dataset.query_pids)
+    return metrics.compute()

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from datasets.sampler import TrainSampler
 from engine import builders
-from engine.evaluator import EvalOptions, evaluate
-from engine.results import write_results
+from engine.evaluation_run import eval_options, run_test
+from engine.evaluator import evaluate
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
@@ -29,12 +29,6 @@ from utils.schedule import warmup_cosine_factor
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def eval_options(config: Config) -> EvalOptions:
-    e = config.eval
-    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.image_tokens_dtype,
-                       e.image_tokens_device, config.model.max_text_len)
 
 
 def autocast(device: torch.device, amp: str):
@@ -164,15 +158,6 @@ def train(config: Config) -> dict:
     best = load_checkpoint(output_dir / "best.pth")
     model.load_state_dict(best["model"])
     return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth")
-
-
-def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
-    """Evaluates ``model`` on ``eval.split`` and writes ``results.json`` next to the run."""
-    dataset = builders.build_retrieval_set(config, splits[config.eval.split])
-    results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), eval_options(config), device)
-    if is_main_process():
-        write_results(results, config, checkpoint, output_dir)
-    return results
 
 
 def _format(metrics: dict) -> str:

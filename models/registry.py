@@ -47,8 +47,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "cada_tiny": ModelSpec(vision_patch=8, vision_width=192, vision_depth=4, vision_heads=3,
-                           text_width=192, text_layers=4, text_heads=3, text_ffn=768, decoder_layers=2),
+    "cada_tiny": ModelSpec(vision_patch=16, vision_width=192, vision_depth=4, vision_heads=3,
+                           text_width=128, text_layers=4, text_heads=4, text_ffn=512, decoder_layers=2, dropout=0.0),
     "cada_base": ModelSpec(vision_patch=16, vision_width=768, vision_depth=12, vision_heads=12,
                            text_width=768, text_layers=12, text_heads=12, text_ffn=3072, decoder_layers=12),
     "cada_large": ModelSpec(vision_patch=16, vision_width=1024, vision_depth=24, vision_heads=16,

@@ -1,0 +1,243 @@
+"""An embedding index of a folder of photos, cached on disk and updated incrementally.
+
+Every image under the folder (recursive; ``IMAGE_EXTENSIONS``; hidden files and folders excluded) is
+encoded once per model: its L2-normalised retrieval feature (E,) and its image tokens (1 + N, D), which
+the re-ranking stage cross-attends to, both stored in fp16 (halves the file; scores are computed in fp32).
+The cache is ``<folder>/.cada_index/<key>.pt`` with ``key`` = checkpoint sha256 + input size, and records
+each file's relative path, size and modification time (ns). A later call reuses the rows whose three
+values are unchanged, encodes only new or changed files, drops deleted ones, and rewrites the cache via a
+temp file and ``os.replace`` so an interrupted write never leaves a broken index. A file edited without
+changing its size or mtime is not detected.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets.person_search import load_rgb
+from utils.checkpoint import save_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp")
+INDEX_DIR_NAME = ".cada_index"
+INDEX_FORMAT = 1
+MAX_NAMED_FILES = 5
+
+
+class GalleryError(ValueError):
+    """A gallery folder that cannot be searched: no images, or images that cannot be decoded."""
+
+
+@dataclass
+class FolderIndex:
+    """The encoded images of one folder, sorted by relative path.
+
+    Attributes:
+        folder: the gallery folder.
+        files: relative POSIX paths of the indexed images.
+        sizes: file sizes in bytes, as indexed.
+        mtimes_ns: modification times in ns, as indexed.
+        features: (G, E) fp16 L2-normalised retrieval features.
+        image_tokens: (G, 1 + N, D) fp16 image-encoder tokens.
+        encoded: how many images the call that returned this index encoded (0: all from the cache).
+        skipped: relative paths of unreadable files left out.
+    """
+
+    folder: Path
+    files: list[str]
+    sizes: list[int]
+    mtimes_ns: list[int]
+    features: torch.Tensor
+    image_tokens: torch.Tensor
+    encoded: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.folder / name for name in self.files]
+
+
+def index_key(checkpoint_sha256: str, image_size: Sequence[int]) -> str:
+    """Cache key: embeddings depend on the weights and on the input size the images are resized to."""
+    height, width = image_size
+    return f"{checkpoint_sha256}_{height}x{width}"
+
+
+def index_file(folder: str | Path, key: str, index_dir: str | Path | None = None) -> Path:
+    """Where the index of ``folder`` for ``key`` lives (``<folder>/.cada_index/<key>.pt`` by default)."""
+    return Path(index_dir or Path(folder) / INDEX_DIR_NAME) / f"{key}.pt"
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Relative POSIX paths of the images under ``folder``, sorted.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder.
+        GalleryError: it holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"gallery folder not found: {folder}")
+    found = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                   if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    if not found:
+        raise GalleryError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) in {folder} or its subfolders")
+    return found
+
+
+class _ImageFiles(Dataset):
+    """Transformed images, or the error that reading one raised (reported in the main process)."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return index, self.transform(load_rgb(self.paths[index])), ""
+        except OSError as error:
+            return index, None, str(error)
+
+
+@torch.no_grad()
+def encode_images(model, paths: Sequence[Path], transform: Callable, device: torch.device, batch_size: int = 32,
+                  num_workers: int = 0) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]]:
+    """Encodes readable images; collects the errors of the others.
+
+    Args:
+        model: a :class:`models.cada_backbone.CADABackbone` in eval mode.
+        paths: image files.
+        transform: PIL image → (3, H, W) tensor (the evaluation transform).
+        device: where the model runs.
+        batch_size: images per forward pass.
+        num_workers: image-decoding worker processes.
+
+    Returns:
+        ``(encoded, features, tokens, errors)``: positions in ``paths`` that were encoded, their (n, E)
+        fp16 features and (n, 1 + N, D) fp16 tokens on CPU, and one message per unreadable file.
+    """
+    if not paths:
+        return [], torch.empty(0), torch.empty(0), []
+    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=list)
+    encoded, features, tokens, errors = [], [], [], []
+    for items in tqdm(loader, desc="indexing", unit="batch", leave=False):
+        errors += [message for _, image, message in items if image is None]
+        readable = [(i, image) for i, image, _ in items if image is not None]
+        if not readable:
+            continue
+        embeds = model.encode_image(torch.stack([image for _, image in readable]).to(device))  # (b, 1+N, D)
+        features.append(model.image_features(embeds).half().cpu())
+        tokens.append(embeds.half().cpu())
+        encoded += [i for i, _ in readable]
+    if not encoded:
+        return [], torch.empty(0), torch.empty(0), errors
+    return encoded, torch.cat(features), torch.cat(tokens), errors
+
+
+def _load_cached(path: Path, key: str) -> dict | None:
+    """The cached index at ``path`` if it is readable and made for ``key``; otherwise None (rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the cache is disposable: whatever is wrong with it, rebuild it
+        log.warning("ignoring unreadable index %s (%s); re-encoding the folder", path, error)
+        return None
+    if not isinstance(state, dict) or state.get("format") != INDEX_FORMAT or state.get("key") != key:
+        log.warning("ignoring index %s: written by another version or for another model", path)
+        return None
+    return state
+
+
+def index_folder(model, folder: str | Path, transform: Callable, key: str, device: torch.device,
+                 batch_size: int = 32, num_workers: int = 0, skip_bad_images: bool = False,
+                 index_dir: str | Path | None = None) -> FolderIndex:
+    """Returns the folder's index, encoding only what the cache for ``key`` lacks, and updates the cache.
+
+    Args:
+        model: the model the index belongs to (eval mode).
+        folder: the gallery folder.
+        transform: the evaluation transform of ``model``.
+        key: from :func:`index_key`; names the cache file.
+        device: where the model runs.
+        batch_size: images per forward pass.
+        num_workers: image-decoding worker processes.
+        skip_bad_images: leave unreadable files out (counted and logged) instead of raising.
+        index_dir: folder of the cache file (default ``<folder>/.cada_index``).
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        GalleryError: no images; unreadable images without ``skip_bad_images`` (named; the readable ones are
+            still cached); or no readable image at all.
+    """
+    folder = Path(folder)
+    files = list_images(folder)
+    signatures = {}
+    for name in files:
+        stat = (folder / name).stat()
+        signatures[name] = (stat.st_size, stat.st_mtime_ns)
+    cache_path = index_file(folder, key, index_dir)
+    cached = _load_cached(cache_path, key)
+    reused: dict[str, int] = {}  # name → row in the cache
+    if cached is not None:
+        for row, (name, size, mtime) in enumerate(zip(cached["files"], cached["sizes"], cached["mtimes_ns"])):
+            if signatures.get(name) == (size, mtime):
+                reused[name] = row
+    pending = [name for name in files if name not in reused]
+    positions, new_features, new_tokens, errors = encode_images(
+        model, [folder / name for name in pending], transform, device, batch_size, num_workers)
+
+    encoded_names = [pending[i] for i in positions]
+    names = list(reused) + encoded_names
+    if not names:
+        raise GalleryError(f"none of the {len(files)} images in {folder} could be read, e.g. {errors[0]}")
+    feature_parts, token_parts = [], []
+    if reused:
+        rows = torch.tensor(list(reused.values()))
+        feature_parts.append(cached["features"][rows])
+        token_parts.append(cached["image_tokens"][rows])
+    if positions:
+        feature_parts.append(new_features)
+        token_parts.append(new_tokens)
+    order = sorted(range(len(names)), key=names.__getitem__)  # by relative path
+    index = FolderIndex(folder, [names[i] for i in order], [signatures[names[i]][0] for i in order],
+                        [signatures[names[i]][1] for i in order], torch.cat(feature_parts)[order],
+                        torch.cat(token_parts)[order], encoded=len(positions),
+                        skipped=sorted(set(pending) - set(encoded_names)))
+    if cached is None or positions or len(reused) != len(cached["files"]):
+        _save(index, key, cache_path)
+    log.info("%s: %d images indexed, %d encoded now, %d from the cache", folder, len(index), index.encoded,
+             len(reused))
+
+    if errors and not skip_bad_images:
+        shown = "\n  ".join(errors[:MAX_NAMED_FILES])
+        more = f"\n  ... and {len(errors) - MAX_NAMED_FILES} more" if len(errors) > MAX_NAMED_FILES else ""
+        raise GalleryError(f"{len(errors)} unreadable image(s) in {folder}:\n  {shown}{more}\n"
+                           "fix or remove them, or skip them with --skip-bad-images")
+    if errors:
+        log.warning("skipped %d unreadable image(s) in %s: %s", len(errors), folder,
+                    "; ".join(errors[:MAX_NAMED_FILES]))
+    return index
+
+
+def _save(index: FolderIndex, key: str, path: Path) -> None:
+    state = {"format": INDEX_FORMAT, "key": key, "files": index.files, "sizes": index.sizes,
+             "mtimes_ns": index.mtimes_ns, "features": index.features, "image_tokens": index.image_tokens}
+    try:
+        save_atomic(state, path)
+    except OSError as error:  # a read-only gallery still gets searched, just without a cache
+        log.warning("could not write the index %s (%s); the next search will encode again", path, error)
