@@ -89,6 +89,11 @@ def build_eval_transform(config: Config):
     return build_image_transform(tuple(config.model.image_size), train=False)
 
 
+def is_norm_bias_or_embedding(name: str, param: torch.nn.Parameter) -> bool:
+    """Biases and norm scales (1-D), ViT position/class tokens and BERT embedding tables."""
+    return param.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) or ".embeddings." in name
+
+
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW with optional no-decay group (biases, norms, embeddings) and an lr multiplier for new heads."""
     optim = config.optim
@@ -97,7 +102,7 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = not optim.decay_norm_and_bias and (param.ndim <= 1 or "embed" in name or "token" in name)
+        no_decay = not optim.decay_norm_and_bias and is_norm_bias_or_embedding(name, param)
         lr = optim.lr * (optim.new_head_lr_mult if name.startswith(new_prefixes) else 1.0)
         groups.setdefault((lr, 0.0 if no_decay else optim.weight_decay), []).append(param)
     param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd}

@@ -69,6 +69,15 @@ def load_search_model(checkpoint: str | Path, config_path: str | None = None, de
     return model.to(device).eval(), config
 
 
+def clean_queries(queries: Sequence[str]) -> list[str]:
+    """The queries cleaned like training captions; raises if there are none or one is empty after cleaning."""
+    texts = [clean_caption(query) for query in queries]
+    empty = [query for query, text in zip(queries, texts) if not text]
+    if not queries or empty:
+        raise ValueError(f"queries must be non-empty descriptions, got {list(queries) if not queries else empty}")
+    return texts
+
+
 @torch.no_grad()
 def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: int = 10, k_test: int = 16,
            use_rerank: bool = True, max_text_len: int = 73, device: str | torch.device = "cpu",
@@ -87,10 +96,7 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
         device: where the model runs.
         batch_size: queries per text-encoder pass and per ITM batch.
     """
-    texts = [clean_caption(query) for query in queries]
-    empty = [query for query, text in zip(queries, texts) if not text]
-    if not queries or empty:
-        raise ValueError(f"queries must be non-empty descriptions, got {list(queries) if not queries else empty}")
+    texts = clean_queries(queries)
     options = EvalOptions(batch_size=batch_size, k_test=k_test, rerank=use_rerank, max_text_len=max_text_len)
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)  # (Q, E), (Q, L), (Q, L)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
@@ -174,6 +180,9 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
+    clean_queries(queries)
+    if not Path(gallery).is_dir():  # fail before loading the model
+        raise FileNotFoundError(f"gallery folder not found: {gallery}")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     model, config = load_search_model(checkpoint, config_path, device)
