@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=$(bash scripts/ensure_env.sh)
-exec "$python" -m pytest "$@"
+exec "$python" -m pytest -q "$@"
