@@ -60,7 +60,7 @@ def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: l
 def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str]) -> dict:
     config = resolve_config(checkpoint, config_path, overrides)
     device = init_distributed(config.train.device)
-    output_dir = Path(checkpoint).resolve().parent / f"eval_{config.eval.split}"
+    output_dir = Path(checkpoint).resolve().parent / f"eval_{Path(checkpoint).stem}_{config.eval.split}"
     setup_logging(output_dir)
     model = builders.build_model(config, load_weights=False)
     load_pretrained(model, checkpoint, allow_missing=model.new_parameter_prefixes())

@@ -38,18 +38,35 @@ class EvalOptions:
     keep_top: int = 10  # top gallery indices kept per query (pictures, error analysis)
 
 
+def shard_bounds(total: int, world: int) -> list[int]:
+    """Contiguous, near-equal shards: rank r owns items ``bounds[r]:bounds[r + 1]``."""
+    return [total * r // world for r in range(world + 1)]
+
+
 @torch.no_grad()
 def encode_gallery(model, paths, transform, options: EvalOptions, device: torch.device):
-    """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D)."""
+    """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D).
+
+    Under torchrun each rank encodes its shard of the gallery and the shards are gathered once.
+    """
     tokens_device = device if options.image_tokens_device == "auto" else torch.device(options.image_tokens_device)
-    loader = DataLoader(GalleryImages(paths, transform), batch_size=options.batch_size, num_workers=2)
+    bounds = shard_bounds(len(paths), get_world_size())
+    local_paths = list(paths)[bounds[get_rank()]:bounds[get_rank() + 1]]
+    loader = DataLoader(GalleryImages(local_paths, transform), batch_size=options.batch_size, num_workers=2,
+                        generator=torch.Generator())  # leaves the global RNG alone (exact resume)
     features, tokens = [], []
     for images in tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False):
         embeds = model.encode_image(images.to(device))  # (b, 1+N, D)
-        features.append(model.image_features(embeds).float())
+        features.append(model.image_features(embeds).float().cpu())
         if options.rerank:
             tokens.append(embeds.to(tokens_device, DTYPES[options.image_tokens_dtype]))
-    return torch.cat(features), (torch.cat(tokens) if options.rerank else None)
+    features = torch.cat([shard for shard in all_gather_object(torch.cat(features))]).to(device)
+    if not options.rerank:
+        return features, None
+    tokens = torch.cat(tokens)
+    if get_world_size() > 1:
+        tokens = torch.cat([shard.to(tokens_device) for shard in all_gather_object(tokens.cpu())])
+    return features, tokens
 
 
 @torch.no_grad()
@@ -70,7 +87,7 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, options, device)
     # this rank's queries: a contiguous shard, so gathered results keep query order
     rank, world = get_rank(), get_world_size()
-    bounds = [len(dataset.query_texts) * r // world for r in range(world + 1)]
+    bounds = shard_bounds(len(dataset.query_texts), world)
     texts = dataset.query_texts[bounds[rank]:bounds[rank + 1]]
     query_pids = dataset.query_pids[bounds[rank]:bounds[rank + 1]]
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)

@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny model trained once per session on a tiny synthetic set."""
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,16 @@ TINY_OVERRIDES = [
     "train.epochs=3", "train.eval_every=1", "train.log_every=5", "optim.warmup_steps=5",
     "eval.batch_size=32", "eval.k_test=4",
 ]
+
+
+@pytest.fixture(autouse=True)
+def keep_logging_handlers():
+    """The entry points install their own root-logger handlers; put pytest's back after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @dataclass

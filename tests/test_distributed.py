@@ -50,12 +50,29 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     original = models.cada.select_hard_negatives
     models.cada.select_hard_negatives = lambda *a, **k: picked.append(original(*a, **k)) or picked[-1]
     batch = {k: v[rank * 4:(rank + 1) * 4] for k, v in global_batch().items()}
-    losses, grads = losses_and_grads(build_model(), batch)
+    model = build_model()
+    losses, grads = losses_and_grads(model, batch)
     for value in [*losses.values(), *grads.values()]:  # what DDP does: average over ranks
         dist.all_reduce(value)
         value /= 2
-    torch.save((losses, grads if rank == 0 else None, picked[0]), f"{out_dir}/rank{rank}.pt")
+    evaluation = evaluate_small_set(model, out_dir)  # gallery and queries sharded over the two ranks
+    torch.save((losses, grads if rank == 0 else None, picked[0], evaluation), f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def evaluate_small_set(model, folder) -> dict:
+    from pathlib import Path
+
+    from datasets.tokenization import build_tokenizer
+    from datasets.transforms import build_image_transform
+    from engine.evaluator import EvalOptions, evaluate
+    from tests.test_two_stage import make_set
+
+    dataset = make_set(Path(folder))
+    options = EvalOptions(batch_size=4, k_test=4, chunk_size=5, rerank_batch_queries=3)
+    results = evaluate(model.eval(), dataset, build_tokenizer(), build_image_transform(SIZE, train=False), options,
+                       torch.device("cpu"))
+    return {key: results[key] for key in ("global", "reranked", "global_per_query", "reranked_per_query")}
 
 
 def free_port() -> int:
@@ -66,6 +83,7 @@ def free_port() -> int:
 
 def test_two_processes_match_one_process_global_batch(tmp_path):
     single_losses, single_grads = losses_and_grads(build_model(), global_batch())
+    single_eval = evaluate_small_set(build_model(), tmp_path)  # also writes the images the workers read
     context = mp.get_context("spawn")
     port = free_port()
     processes = [context.Process(target=worker, args=(rank, port, str(tmp_path))) for rank in range(2)]
@@ -76,13 +94,20 @@ def test_two_processes_match_one_process_global_batch(tmp_path):
         assert process.exitcode == 0
     reports = {rank: torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)}
 
-    distributed_losses, distributed_grads, _ = reports[0]
+    distributed_losses, distributed_grads, _, distributed_eval = reports[0]
     assert distributed_losses.keys() == single_losses.keys() == {"global", "itm", "atp", "ara"}
     for name, value in single_losses.items():
         torch.testing.assert_close(distributed_losses[name], value, atol=1e-5, rtol=1e-5)
     for name, grad in single_grads.items():
         torch.testing.assert_close(distributed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     # rank 0 holds person 0 only: its hard negatives (global indices) must come from rank 1 (indices 4..7)
+    # evaluation sharded over ranks gives the single-process results
+    assert reports[1][3]["reranked"] == distributed_eval["reranked"]
+    for stage in ("global", "reranked"):
+        for name, value in single_eval[stage].items():
+            assert abs(distributed_eval[stage][name] - value) < 1e-4, (stage, name)
+        assert torch.equal(single_eval[stage + "_per_query"]["first_positive_rank"],
+                           distributed_eval[stage + "_per_query"]["first_positive_rank"])
     negative_images, negative_texts = reports[0][2]
     assert (negative_images >= 4).all() and (negative_texts >= 4).all()
     negative_images, negative_texts = reports[1][2]

@@ -29,6 +29,6 @@ def test_eval_reproduces_training_results(trained_run):
                                text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     trained = json.loads((trained_run.output_dir / "results.json").read_text())
-    evaluated = json.loads((trained_run.output_dir / "eval_test" / "results.json").read_text())
+    evaluated = json.loads((trained_run.output_dir / "eval_best_test" / "results.json").read_text())
     assert evaluated["stages"] == trained["stages"]
     assert f"{trained['stages']['reranked']['R1']:.2f}" in completed.stderr  # the table is printed

@@ -1,6 +1,5 @@
 """Folder search: the cached index (reuse, incremental update), two-stage ranking against a brute-force
 scoring of the same model, the CLI, and the errors for bad images, empty folders and foreign checkpoints."""
-import logging
 import os
 
 import numpy as np
@@ -34,16 +33,6 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_atomic({"model": build_model(config).state_dict(), "config": config_to_dict(config)}, path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def keep_logging_handlers():
-    """retrieve.main installs its own handlers on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ def make_set(tmp_path) -> RetrievalSet:
         for shot in range(2):
             pixels = (torch.rand(SIZE[0], SIZE[1], 3, generator=generator) * 255).to(torch.uint8).numpy()
             path = tmp_path / f"{person}_{shot}.png"
-            Image.fromarray(pixels).save(path)
+            if not path.exists():  # several processes may build the same set
+                Image.fromarray(pixels).save(path)
             colour = ["red", "blue", "green", "black", "white", "pink"][person]
             records.append(PersonRecord(path, person, (f"a person in a {colour} coat", f"{colour} shoes {shot}"),
                                         "test"))

@@ -1,7 +1,6 @@
 """Result pictures: row geometry, frame colours on constructed cases, query selection, and eval.visualize."""
 import csv
 import json
-import logging
 
 import pytest
 import torch
@@ -150,17 +149,7 @@ def test_query_grids_frame_by_person_id_and_paginate(tmp_path):
             assert frame_colours(row, slot) == {GREEN if positive else RED}, (q, slot)
 
 
-@pytest.fixture
-def keep_logging_handlers():
-    """run_evaluation installs its own handlers on the root logger; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_eval_visualize_writes_grids_and_per_query_csv(tmp_path, keep_logging_handlers):
+def test_eval_visualize_writes_grids_and_per_query_csv(tmp_path):
     torch.manual_seed(0)
     config = load_config("configs/synthetic.yaml", ["train.device=cpu"])
     checkpoint = tmp_path / "run" / "best.pth"
@@ -170,7 +159,7 @@ def test_eval_visualize_writes_grids_and_per_query_csv(tmp_path, keep_logging_ha
     results = run_evaluation(str(checkpoint), None, overrides)
     evaluated = load_config("configs/synthetic.yaml", ["train.device=cpu", *overrides])
     dataset = build_retrieval_set(evaluated, load_splits(evaluated)["test"])
-    out = tmp_path / "run" / "eval_test"
+    out = tmp_path / "run" / "eval_best_test"
     per_query = results["reranked_per_query"]
 
     with open(out / "per_query_reranked.csv") as f:
