@@ -18,7 +18,7 @@ from models.checkpoint_import import (BLIP_KEY_MAP, CheckpointMismatchError, Key
                                       remap_state_dict)
 from models.registry import get_model_spec
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BLIP_KEYS = json.loads((FIXTURES / "blip_model_base_keys.json").read_text())
 CADA_KEYS = json.loads((FIXTURES / "cada_model_keys.json").read_text())
 SCALED_DIMS = {768: 64, 2304: 192, 3072: 256, 57600: 8}

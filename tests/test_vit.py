@@ -9,7 +9,7 @@ from timm.models.vision_transformer import Block
 
 from models.vit import ImageEncoder, interpolate_pos_embed
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BLIP_KEYS = FIXTURES / "blip_model_base_keys.json"
 
 
