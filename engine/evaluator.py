@@ -93,7 +93,7 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    model_dtype = next(model.parameters()).dtype
+    match_logits = itm_scorer(model, ids, mask, image_tokens, device) if options.rerank else None
     stages = {"global": RetrievalMetrics()}
     if options.rerank:
         stages["reranked"] = RetrievalMetrics()
@@ -104,12 +104,6 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
         stages["global"].update(scores, chunk_pids, gallery_pids)
         shown["global"].append(top_n(scores, scores, options.keep_top))
         if options.rerank:
-            def match_logits(query_index, gallery_index):
-                n, k = gallery_index.shape
-                tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)]
-                return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                             mask[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                             tokens.to(device, model_dtype)).view(n, k)
             reranked = rerank(scores, options.k_test, match_logits, query_offset=start,
                               batch_queries=options.rerank_batch_queries)
             stages["reranked"].update(reranked.scores, chunk_pids, gallery_pids)
@@ -129,6 +123,24 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     if options.image_to_text:
         results["image_to_text"] = image_to_text_metrics(image_feats, text_feats, dataset, options.chunk_size)
     return results
+
+
+def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device):
+    """The ``match_logits(query_index (n,), gallery_index (n, k)) -> (n, k)`` callable of ``engine.rerank``.
+
+    Args:
+        model: the CADA model (eval mode, on ``device``).
+        ids: (Q, L) query token ids whose first token is ``[ENC]``; mask: (Q, L).
+        image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
+    """
+    model_dtype = next(model.parameters()).dtype
+
+    def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+        n, k = gallery_index.shape
+        tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device, model_dtype)
+        return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
+                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k)
+    return match_logits
 
 
 def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

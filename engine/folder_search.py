@@ -19,7 +19,7 @@ from datasets.records import clean_caption
 from datasets.tokenization import ENC_ID
 from engine import builders
 from engine.evaluation_run import resolve_config
-from engine.evaluator import EvalOptions, encode_queries, top_n
+from engine.evaluator import EvalOptions, encode_queries, itm_scorer, top_n
 from engine.folder_index import FolderIndex, index_folder, index_key
 from engine.rerank import rerank
 from engine.results import file_hash
@@ -100,13 +100,7 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
     options = EvalOptions(batch_size=batch_size, k_test=k_test, rerank=use_rerank, max_text_len=max_text_len)
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)  # (Q, E), (Q, L), (Q, L)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
-    model_dtype = next(model.parameters()).dtype
-
-    def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-        n, k = gallery_index.shape
-        tokens = index.image_tokens[gallery_index.flatten().cpu()].to(device, model_dtype)  # (n·k, 1+N, D)
-        return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k)
+    match_logits = itm_scorer(model, ids, mask, index.image_tokens, device)
 
     results = []
     for start, scores in iter_similarity_chunks(text_feats, index.features.to(device), batch_size):  # (c, G)
