@@ -1,6 +1,7 @@
 """Config → objects: data, tokenizer, model, optimizer. The only place that reads the whole config."""
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -12,6 +13,7 @@ from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
 from datasets.registry import dataset_dir, load_records
 from datasets.synthetic import generate_dataset
+from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
 from models.cada import CADA, ObjectiveSettings
@@ -27,17 +29,31 @@ log = logging.getLogger(__name__)
 def load_splits(config: Config) -> dict[str, list[PersonRecord]]:
     """Reads (or, for the synthetic set, first generates) the annotation and splits it."""
     folder = dataset_dir(config.data.dataset, config.data.root)
-    if config.data.dataset == "synthetic" and not (folder / "reid_raw.json").is_file() and is_main_process():
-        log.info("generating the synthetic dataset in %s (%d identities)", folder, config.data.synthetic_ids)
-        generate_dataset(folder, num_ids=config.data.synthetic_ids, seed=config.data.synthetic_seed,
-                         images_per_id=config.data.synthetic_images_per_id)
-    barrier()  # other ranks read what rank 0 generated
+    if config.data.dataset == "synthetic":
+        if not (folder / "reid_raw.json").is_file() and is_main_process():
+            log.info("generating the synthetic dataset in %s (%d identities)", folder, config.data.synthetic_ids)
+            generate_dataset(folder, num_ids=config.data.synthetic_ids, seed=config.data.synthetic_seed,
+                             images_per_id=config.data.synthetic_images_per_id)
+        barrier()  # other ranks read what rank 0 generated
+        check_synthetic_matches(folder, config)
     records = load_records(config.data.dataset, config.data.root)  # also checks every image exists
     splits = split_records(records, config.data.val_from_train, config.data.val_seed)
     for name, part in splits.items():
         log.info("%s: %d images, %d identities, %d captions", name, len(part), len({r.person_id for r in part}),
                  sum(len(r.captions) for r in part))
     return splits
+
+
+def check_synthetic_matches(folder: Path, config: Config) -> None:
+    """Refuses a synthetic folder generated with other settings than the config asks for."""
+    wanted = {"num_ids": config.data.synthetic_ids, "seed": config.data.synthetic_seed,
+              "images_per_id": config.data.synthetic_images_per_id}
+    written = json.loads((folder / METADATA_FILE).read_text())
+    differing = {k: (written.get(k), v) for k, v in wanted.items() if written.get(k) != v}
+    if differing:
+        details = ", ".join(f"{k}: folder has {have}, config wants {want}" for k, (have, want) in differing.items())
+        raise ValueError(f"{folder} was generated with other settings ({details}); delete the folder to "
+                         f"regenerate it, or point data.root elsewhere")
 
 
 def objective_settings(config: Config) -> ObjectiveSettings:

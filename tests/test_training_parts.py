@@ -102,3 +102,12 @@ def test_patch_projection_keeps_weight_decay():
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     assert group_of[id(named["visual_encoder.patch_embed.proj.weight"])]["weight_decay"] == 0.05
     assert group_of[id(named["visual_encoder.pos_embed"])]["weight_decay"] == 0.0
+
+
+def test_synthetic_folder_generated_with_other_settings_is_refused(tmp_path):
+    from engine.builders import load_splits
+    config = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10"])
+    assert len(load_splits(config)["test"]) == 2 * 4  # generated: 10 people, 20% test, 4 images each
+    changed = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=12"])
+    with pytest.raises(ValueError, match="num_ids: folder has 10, config wants 12"):
+        load_splits(changed)
