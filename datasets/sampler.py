@@ -59,13 +59,20 @@ class TrainSampler(Sampler):
             if len(items) < k:
                 items = items[torch.randint(len(items), (k,), generator=generator)]
             queues.append([items[i:i + k] for i in range(0, len(items) - k + 1, k)])
+        if people_per_batch > len(queues):
+            raise ValueError(f"a batch of {people_per_batch} distinct people needs more than the {len(queues)} there are")
         order = []
-        available = [p for p, queue in enumerate(queues) if queue]
-        while len(available) >= people_per_batch:  # each batch: distinct people, k items each
-            picked = torch.randperm(len(available), generator=generator)[:people_per_batch].tolist()
-            order.extend(queues[available[i]].pop() for i in picked)
-            available = [p for p in available if queues[p]]
-        return torch.cat(order) if order else torch.empty(0, dtype=torch.long)
+        for _ in range(sum(map(len, queues)) // people_per_batch):  # the same number of batches every epoch
+            available = [p for p, queue in enumerate(queues) if queue]
+            picked = [available[i] for i in torch.randperm(len(available), generator=generator).tolist()]
+            order.extend(queues[p].pop() for p in picked[:people_per_batch])
+            if len(picked) < people_per_batch:  # few people left with unused items: top up with fresh draws
+                taken = set(picked)
+                others = [p for p in range(len(queues)) if p not in taken]
+                for i in torch.randperm(len(others), generator=generator)[:people_per_batch - len(picked)].tolist():
+                    items = self.items_by_person[others[i]]
+                    order.append(items[torch.randint(len(items), (k,), generator=generator)])
+        return torch.cat(order)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self._global_order(self.epoch)

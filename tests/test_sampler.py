@@ -39,3 +39,16 @@ def test_identity_balanced_batches():
     for start in range(0, len(order), 6):
         batch_labels = labels[order[start:start + 6]].tolist()
         assert sorted(batch_labels.count(x) for x in set(batch_labels)) == [2, 2, 2]  # 3 people x 2
+
+
+def test_identity_balanced_epochs_all_have_the_same_number_of_full_batches():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 30, (400,), generator=generator)  # uneven items per person
+    sampler = TrainSampler(labels, global_batch_size=32, instances_per_id=2, seed=0)
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        order = indices(sampler)
+        assert len(order) == sampler.batches_per_epoch * 32
+        for start in range(0, len(order), 32):
+            batch_labels = labels[order[start:start + 32]].tolist()
+            assert len(set(batch_labels)) == 16  # 16 distinct people, 2 items each
