@@ -60,7 +60,8 @@ class TrainSampler(Sampler):
                 items = items[torch.randint(len(items), (k,), generator=generator)]
             queues.append([items[i:i + k] for i in range(0, len(items) - k + 1, k)])
         if people_per_batch > len(queues):
-            raise ValueError(f"a batch of {people_per_batch} distinct people needs more than the {len(queues)} there are")
+            raise ValueError(f"a batch of {people_per_batch} distinct people needs more than the "
+                             f"{len(queues)} there are")
         order = []
         for _ in range(sum(map(len, queues)) // people_per_batch):  # the same number of batches every epoch
             available = [p for p, queue in enumerate(queues) if queue]

@@ -9,7 +9,8 @@ from models.cada_backbone import CADABackbone
 from models.registry import MODELS, get_model_spec
 
 # Image and text widths differ on purpose, as in cada_large (ViT-L 1024 -> text 768).
-SPEC = replace(get_model_spec("cada_tiny"), vision_patch=8, vision_width=24, vision_heads=2, vision_depth=2, text_width=16,
+SPEC = replace(get_model_spec("cada_tiny"), vision_patch=8,
+               vision_width=24, vision_heads=2, vision_depth=2, text_width=16,
                text_heads=2, text_ffn=32, text_layers=2, decoder_layers=1, vocab_size=40, max_positions=8,
                embed_dim=12, dropout=0.0)
 IMAGE_SIZE = (16, 8)  # patch 8 -> a 2x1 grid, 3 tokens

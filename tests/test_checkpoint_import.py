@@ -121,7 +121,8 @@ def test_full_size_cada_base_matches_both_manifests():
 
 
 def _tiny_model() -> CADABackbone:
-    spec = replace(get_model_spec("cada_tiny"), vision_patch=8, vision_width=16, vision_heads=2, vision_depth=1, text_width=16,
+    spec = replace(get_model_spec("cada_tiny"), vision_patch=8,
+                   vision_width=16, vision_heads=2, vision_depth=1, text_width=16,
                    text_heads=2, text_ffn=32, text_layers=1, decoder_layers=1, vocab_size=40, max_positions=8)
     return CADABackbone(spec, (16, 8))
 
