@@ -17,6 +17,7 @@ def test_training_writes_checkpoints_logs_and_results(trained_run):
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in logged if "loss" in r]
     assert train_losses and all(loss == loss for loss in train_losses)  # finite, logged
+    assert train_losses[-1] < 0.9 * train_losses[0]  # it learns: the weighted loss falls
     assert {"loss_global", "loss_itm", "loss_atp", "loss_ara"} <= set(logged[0])  # the full objective trains
     results = json.loads((run / "results.json").read_text())
     assert results["split"] == "test" and set(results["stages"]) == {"global", "reranked"}
