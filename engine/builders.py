@@ -72,13 +72,13 @@ def loss_weights(config: Config) -> dict[str, float]:
     return {"global": loss.global_.weight, "itm": loss.itm.weight, "atp": loss.atp.weight, "ara": loss.ara.weight}
 
 
-def build_model(config: Config, load_weights: bool = True) -> CADA:
-    """Builds the model; loads ``model.pretrained`` (BLIP or CADA weights) when set."""
+def build_model(config: Config, load_weights: bool = True, weights: str | Path | None = None) -> CADA:
+    """Builds the model and loads ``weights`` (default ``model.pretrained``: BLIP, CADA or our checkpoints)."""
     model = CADA(get_model_spec(config.model.name), tuple(config.model.image_size), objective_settings(config),
                  decoder_causal=config.model.decoder_causal, grad_checkpointing=config.train.grad_checkpointing)
-    if load_weights and config.model.pretrained:
-        load_pretrained(model, config.model.pretrained,
-                        allow_missing=model.new_parameter_prefixes())
+    path = weights or config.model.pretrained
+    if load_weights and path:
+        load_pretrained(model, path, allow_missing=model.new_parameter_prefixes())
     return model
 
 

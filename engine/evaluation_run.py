@@ -8,7 +8,6 @@ from engine import builders
 from engine.evaluator import EvalOptions, evaluate
 from engine.results import write_results
 from engine.visualize import check_selection, select_queries, write_query_grids
-from models.checkpoint_import import load_pretrained
 from utils.checkpoint import load_checkpoint
 from utils.config import Config, EvalConfig, config_from_dict, load_config
 from utils.dist import init_distributed, is_main_process
@@ -62,8 +61,7 @@ def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str
     device = init_distributed(config.train.device)
     output_dir = Path(checkpoint).resolve().parent / f"eval_{Path(checkpoint).stem}_{config.eval.split}"
     setup_logging(output_dir)
-    model = builders.build_model(config, load_weights=False)
-    load_pretrained(model, checkpoint, allow_missing=model.new_parameter_prefixes())
+    model = builders.build_model(config, weights=checkpoint)
     model.to(device)
     splits = builders.load_splits(config)
     return run_test(config, model, builders.tokenizer_for(config), splits, device, output_dir, Path(checkpoint))

@@ -24,7 +24,6 @@ from engine.folder_index import FolderIndex, index_folder, index_key
 from engine.rerank import rerank
 from engine.results import file_hash
 from engine.visualize import draw_query_row, save_pages
-from models.checkpoint_import import load_pretrained
 from utils.metrics import iter_similarity_chunks
 
 log = logging.getLogger(__name__)
@@ -64,8 +63,7 @@ def load_search_model(checkpoint: str | Path, config_path: str | None = None, de
         models.checkpoint_import.CheckpointMismatchError: the weights do not fit the configured architecture.
     """
     config = resolve_config(checkpoint, config_path, [])
-    model = builders.build_model(config, load_weights=False)
-    load_pretrained(model, checkpoint, allow_missing=model.new_parameter_prefixes())
+    model = builders.build_model(config, weights=checkpoint)
     return model.to(device).eval(), config
 
 
