@@ -20,7 +20,7 @@ from typing import Protocol
 
 from tokenizers import Tokenizer
 
-from datasets.tokenization import CLS_ID, DEC_ID, ENC_ID, MASK_ID, MAX_TEXT_LEN, PAD_ID, SEP_ID, UNK_ID
+from utils.vocab import CLS_ID, DEC_ID, ENC_ID, MASK_ID, MAX_TEXT_LEN, PAD_ID, SEP_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

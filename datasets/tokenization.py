@@ -17,10 +17,7 @@ from tokenizers.processors import TemplateProcessing
 
 BUNDLED_VOCAB = Path(__file__).resolve().parent / "assets" / "bert-base-uncased" / "vocab.txt"
 
-PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 100, 101, 102, 103
-DEC_ID, ENC_ID = 30522, 30523
-VOCAB_SIZE = 30524
-MAX_TEXT_LEN = 73
+from utils.vocab import MAX_TEXT_LEN, PAD_ID
 
 
 def build_tokenizer(path: str | Path = "") -> Tokenizer:

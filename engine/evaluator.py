@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.person_search import GalleryImages, RetrievalSet
-from datasets.tokenization import ENC_ID, encode
+from datasets.tokenization import encode
+from utils.vocab import ENC_ID
 from engine.rerank import rerank
 from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize

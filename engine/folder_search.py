@@ -16,7 +16,7 @@ import torch
 
 from datasets.person_search import load_rgb
 from datasets.records import clean_caption
-from datasets.tokenization import ENC_ID
+from utils.vocab import ENC_ID
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import EvalOptions, encode_queries, itm_scorer, top_n

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from datasets.tokenization import ENC_ID
+from utils.vocab import ENC_ID
 from models.cada_backbone import CADABackbone
 from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference

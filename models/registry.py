@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets.tokenization import VOCAB_SIZE
+from utils.vocab import VOCAB_SIZE
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from PIL import Image
 
 import retrieve
 from datasets.records import clean_caption
-from datasets.tokenization import ENC_ID, encode
+from datasets.tokenization import encode
+from utils.vocab import ENC_ID
 from engine.builders import build_eval_transform, build_model, tokenizer_for
 from engine.folder_index import INDEX_DIR_NAME, GalleryError, index_folder, list_images
 from engine.folder_search import load_search_model, search

@@ -1,7 +1,7 @@
 import pytest
 
-from datasets.tokenization import (CLS_ID, DEC_ID, ENC_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE,
-                                   build_tokenizer, encode)
+from datasets.tokenization import build_tokenizer, encode
+from utils.vocab import CLS_ID, DEC_ID, ENC_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE
 
 
 def test_special_ids_and_vocab_size():

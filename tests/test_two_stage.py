@@ -4,7 +4,8 @@ from PIL import Image
 
 from datasets.person_search import RetrievalSet
 from datasets.records import PersonRecord
-from datasets.tokenization import ENC_ID, build_tokenizer, encode
+from datasets.tokenization import build_tokenizer, encode
+from utils.vocab import ENC_ID
 from datasets.transforms import build_image_transform
 from engine.evaluator import EvalOptions, evaluate
 from models.cada import CADA

@@ -19,6 +19,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from utils.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -141,10 +143,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 _ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

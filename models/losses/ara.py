@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datasets.tokenization import CLS_ID, DEC_ID, ENC_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID
+from utils.vocab import CLS_ID, DEC_ID, ENC_ID, IGNORE_INDEX, MASK_ID, PAD_ID, SEP_ID, UNK_ID
 
-IGNORE_INDEX = -100
 # Never masked, whatever a candidate list says: structure tokens, and [UNK]/[MASK], whose
 # prediction teaches nothing about the image.
 NEVER_MASKED_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID)

@@ -1,0 +1,31 @@
+"""The project's own errors: each says what is wrong, where (file, key or record) and what was expected.
+
+Entry points (``train.py``, ``eval.py``, ``retrieve.py``) catch :class:`CadaError` and print it as
+``error: <message>`` with exit code 2 and no traceback (``--debug`` or ``CADA_DEBUG=1`` shows it).
+Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class CadaError(Exception):
+    """Base class: a user-fixable problem with an input, a file or the run folder."""
+
+
+class ConfigError(CadaError, ValueError):
+    """A config file, key or override that does not fit the schema."""
+
+
+class DataError(CadaError, ValueError):
+    """An annotation file, record, image or caption that cannot be used as it is."""
+
+
+class CheckpointError(CadaError, ValueError):
+    """A checkpoint file that cannot be read, or does not fit the model."""
+
+
+class RunFolderError(CadaError, RuntimeError):
+    """An output folder that belongs to another run, is locked, or is already finished."""
+
+
+class TrainingError(CadaError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a failed save); the last good checkpoint is kept."""
