@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.images import load_rgb
 from datasets.records import PersonRecord
 from datasets.tokenization import encode
 
@@ -34,14 +34,6 @@ def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
         splits["train"] = [r for r in splits["train"] if r.person_id not in held_out]
         log.info("val carved from train: %d identities (%.1f%%, seed %d)", len(held_out), 100 * val_from_train, seed)
     return splits
-
-
-def load_rgb(path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
 
 
 class TrainPairs(Dataset):

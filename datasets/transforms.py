@@ -12,14 +12,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from datasets.images import to_rgb
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ERASING_SCALE = (0.02, 0.4)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts grey-scale, palette or RGBA images to RGB (a module-level function, so transforms pickle)."""
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool = True, pad: int = 10,

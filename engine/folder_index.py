@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets.person_search import load_rgb
+from datasets.images import load_rgb
 from utils.checkpoint import save_atomic
+from utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             return index, self.transform(load_rgb(self.paths[index])), ""
-        except OSError as error:
+        except (OSError, DataError) as error:
             return index, None, str(error)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.person_search import load_rgb
+from datasets.images import load_rgb
 from datasets.records import clean_caption
 from utils.vocab import ENC_ID
 from engine import builders

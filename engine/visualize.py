@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from datasets.person_search import RetrievalSet, load_rgb
+from datasets.images import load_rgb
+from datasets.person_search import RetrievalSet
 
 log = logging.getLogger(__name__)
 
