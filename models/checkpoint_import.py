@@ -2,9 +2,10 @@
 
 All three are ``{'model': state_dict, ...}`` with BLIP's parameter names. A :class:`KeyMap` says what
 happens to each checkpoint key: dropped by name (momentum copies, queues, temperature), renamed by
-prefix, or kept; the ViT position table is resized to the model's patch grid. After mapping, every
-model key must be present except an explicit allow-list (logged), no unexpected key may remain, every
-shape must match, and keys that name one tied Parameter in the model must hold equal values; otherwise
+prefix, or kept; the ViT position table is resized (and the resize logged) when the checkpoint was
+trained at another image size: from the grid our checkpoints' stored config gives, else a square one.
+After mapping, every model key must be present except an explicit allow-list (logged), no unexpected key
+may remain, every shape must match, and keys that name one tied Parameter in the model must hold equal values; otherwise
 :class:`CheckpointMismatchError` names the offending keys and shapes.
 """
 from __future__ import annotations
@@ -18,13 +19,15 @@ import torch
 from torch import nn
 
 from models.vit import interpolate_pos_embed
+from utils.checkpoint import load_checkpoint
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_KEYS = 20
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not fit the model."""
 
 
@@ -81,21 +84,50 @@ def _square_grid(num_patches: int) -> tuple[int, int] | None:
 
 
 def _resize_pos_embed(pos_embed: torch.Tensor, model_shape: torch.Size, target_grid: tuple[int, int] | None,
-                      source_grid: tuple[int, int] | None) -> torch.Tensor:
+                      source_grid: tuple[int, int] | None) -> tuple[torch.Tensor, tuple | None]:
     """Interpolates the table to ``target_grid`` when its shape or grid differs; leaves it alone when
-    the widths differ (reported as a shape mismatch)."""
+    the widths differ (reported as a shape mismatch).
+
+    Returns:
+        (the table, (source grid, target grid) when it was resized, else None).
+    """
     if pos_embed.ndim != 3 or len(model_shape) != 3 or pos_embed.shape[2] != model_shape[2]:
-        return pos_embed
+        return pos_embed, None
     target_grid = tuple(target_grid) if target_grid is not None else _square_grid(model_shape[1] - 1)
-    source_grid = tuple(source_grid) if source_grid is not None else None
-    same_grid = source_grid is None or source_grid == target_grid
-    if pos_embed.shape == model_shape and same_grid:
-        return pos_embed
+    source_grid = tuple(source_grid) if source_grid is not None else _square_grid(pos_embed.shape[1] - 1)
+    if pos_embed.shape == model_shape and source_grid in (None, target_grid):
+        return pos_embed, None
     if target_grid is None:
         raise CheckpointMismatchError(
             f"cannot resize the position table {tuple(pos_embed.shape)} to {tuple(model_shape)}: "
             "the model's patch grid is not square and was not given")
-    return interpolate_pos_embed(pos_embed, target_grid, source_grid)
+    if source_grid is None or source_grid[0] * source_grid[1] != pos_embed.shape[1] - 1:
+        raise CheckpointMismatchError(
+            f"cannot resize the position table {tuple(pos_embed.shape)} to the model's {_grid(target_grid)} "
+            f"patch grid: its {pos_embed.shape[1] - 1} patch rows "
+            + (f"do not form the stored {_grid(source_grid)} grid" if source_grid else
+               "are not a square grid and the checkpoint stores no image size") + "; pass source_grid")
+    return interpolate_pos_embed(pos_embed, target_grid, source_grid), (source_grid, target_grid)
+
+
+def _grid(grid: tuple[int, int]) -> str:
+    return f"{grid[0]}x{grid[1]}"
+
+
+def stored_patch_grid(checkpoint: dict, key_map: KeyMap = BLIP_KEY_MAP) -> tuple[int, int] | None:
+    """The patch grid one of our checkpoints was trained at: its stored ``config.model.image_size`` over the
+    patch size of its patch-embedding kernel; None for files without that config (BLIP, the CADA release)."""
+    config = checkpoint.get("config")
+    model_config = config.get("model") if isinstance(config, dict) else None
+    size = model_config.get("image_size") if isinstance(model_config, dict) else None
+    state = checkpoint.get("model")
+    kernel = state.get(key_map.pos_embed_key.rpartition(".")[0] + ".patch_embed.proj.weight") \
+        if isinstance(state, dict) else None
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not isinstance(kernel, torch.Tensor) \
+            or kernel.ndim != 4:
+        return None
+    patch_h, patch_w = kernel.shape[-2:]
+    return int(size[0]) // patch_h, int(size[1]) // patch_w
 
 
 def remap_state_dict(state_dict: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor],
@@ -125,7 +157,11 @@ def remap_state_dict(state_dict: dict[str, torch.Tensor], model_state: dict[str,
         mapped[new_key] = value
     pos_key = key_map.pos_embed_key
     if pos_key in mapped and pos_key in model_state:
-        mapped[pos_key] = _resize_pos_embed(mapped[pos_key], model_state[pos_key].shape, target_grid, source_grid)
+        mapped[pos_key], resized = _resize_pos_embed(mapped[pos_key], model_state[pos_key].shape, target_grid,
+                                                     source_grid)
+        if resized:
+            logger.info("%s resized from the checkpoint's %s patch grid to the model's %s (bicubic): the "
+                        "checkpoint was trained at another image size", pos_key, *map(_grid, resized))
     return mapped, dropped
 
 
@@ -159,18 +195,17 @@ def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str
         path: the ``.pth`` file (BLIP ``model_base.pth``, a CADA release checkpoint, or ours).
         allow_missing: model names (keys or module prefixes) that may be absent; they keep their
             initial values and are logged. Extend it for heads that are new in this project.
-        source_grid: the checkpoint's patch grid when it is not square (e.g. our 384x128 runs: (24, 8)).
+        source_grid: the checkpoint's patch grid; None takes it from our checkpoints' stored config, else
+            assumes a square one (BLIP's and the CADA release's 14x14).
         key_map: drop and rename rules.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        utils.errors.CheckpointError: the file is missing, empty, truncated or not a weights-only torch file.
         CheckpointMismatchError: no ``'model'`` entry, or missing (not allowed), unexpected or
             mis-shaped keys, or tied keys with different values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         found = sorted(checkpoint)[:MAX_LISTED_KEYS] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointMismatchError(
@@ -179,7 +214,12 @@ def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str
     model_state = model.state_dict()
     pos_module = key_map.pos_embed_key.rpartition(".")[0]
     target_grid = getattr(model.get_submodule(pos_module), "grid_size", None) if pos_module else None
-    mapped, dropped = remap_state_dict(checkpoint["model"], model_state, target_grid, source_grid, key_map)
+    if source_grid is None:
+        source_grid = stored_patch_grid(checkpoint, key_map)
+    try:
+        mapped, dropped = remap_state_dict(checkpoint["model"], model_state, target_grid, source_grid, key_map)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{path}: {error}") from None
 
     missing = [key for key in model_state if key not in mapped]
     not_allowed = [key for key in missing if not _covered(key, allow_missing)]

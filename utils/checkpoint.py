@@ -1,36 +1,204 @@
-"""Self-describing, atomic checkpoints and the RNG state needed for exact resume."""
+"""Self-describing, atomic checkpoints and the RNG state needed for exact resume.
+
+Saving writes ``.NAME.tmp-PID`` next to ``NAME`` and renames it over ``NAME`` only when complete, so the
+previous checkpoint survives a crash, a kill or a full disk; :func:`remove_stale_temp_files` clears what a
+killed writer leaves. Loading is ``weights_only`` and names the file and what was found when it fails.
+"""
 from __future__ import annotations
 
+import logging
 import os
 import random
+import re
+import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from utils.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch's pre-1.6 format
+_SNIPPET_BYTES = 40
+
+
+def temp_path(path: Path) -> Path:
+    """Where :func:`save_atomic` writes ``path`` before renaming it: ``.NAME.tmp-PID`` in the same folder."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class _ErrorKeepingFile:
+    """Passes writes to ``file`` and keeps the ``OSError`` (e.g. ENOSPC) that torch would turn into
+    ``RuntimeError: unexpected pos``."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
 
 def save_atomic(state: dict, path: str | Path) -> None:
     """Writes ``state`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
-    A crash while writing leaves the previous file intact: the rename is the only step that touches it.
+    The rename is the only step that touches ``path``: a crash, a kill or a failed write leaves the
+    previous file intact. On failure the temp file is removed.
+
+    Raises:
+        CheckpointError: the write failed (disk full, no permission, I/O error); names the path, the cause
+            and the free space left on its file system.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    writer = None
+    try:
+        with open(tmp, "wb") as file:
+            writer = _ErrorKeepingFile(file)
+            torch.save(state, writer)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else error
+        if not isinstance(cause, OSError):
+            raise
+        reason = cause.strerror or str(cause)
+        raise CheckpointError(f"failed to save checkpoint {path}: {reason}; {_free_space(path.parent)} free there; "
+                              f"{'the previous checkpoint is unchanged' if path.exists() else 'nothing was written'}"
+                              ) from cause
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Opens a checkpoint saved by :func:`save_atomic` (tensors and plain Python only)."""
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 2**20:.1f} MiB"
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Deletes ``.NAME.tmp-PID`` files in ``folder`` left by writers that are no longer running.
+
+    Temp files of live processes (another run still saving) are kept.
+
+    Returns:
+        The removed files.
+    """
+    folder = Path(folder)
+    removed = []
+    for candidate in sorted(folder.glob(".*.tmp-*")) if folder.is_dir() else []:
+        match = _TEMP_NAME.match(candidate.name)
+        if not match or not candidate.is_file() or _process_alive(int(match["pid"])):
+            continue
+        size = candidate.stat().st_size
+        candidate.unlink(missing_ok=True)
+        log.info("removed %s (%.1f MiB), a temp file left by process %s, which is no longer running",
+                 candidate, size / 2**20, match["pid"])
+        removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
+    """Opens a checkpoint (tensors and plain Python only: ``weights_only``).
+
+    Args:
+        path: the ``.pth`` file.
+        required: top-level keys the caller needs (see :func:`require_keys`).
+
+    Raises:
+        CheckpointError: the file is missing, empty, not a torch file (text, other binary), truncated,
+            holds objects ``weights_only`` refuses, or lacks a required key; the message names the file
+            and what was found.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"missing checkpoint {path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"empty checkpoint {path}: the file has 0 bytes (an interrupted copy or save?)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... by format
+        refused = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\.?$)", str(error), re.MULTILINE)
+        if refused and _read_head(path).startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+            raise CheckpointError(f"unsafe checkpoint {path}: it holds Python objects that weights-only loading "
+                                  f"refuses ({refused[1]}); expected tensors and plain containers only") from error
+        raise CheckpointError(f"unreadable checkpoint {path}: {_describe(path, size)}; "
+                              "expected a complete file written by torch.save") from error
+    if required:
+        require_keys(checkpoint, required, path)
+    return checkpoint
+
+
+def require_keys(checkpoint, required: Iterable[str], path: str | Path) -> None:
+    """Raises :class:`CheckpointError` unless ``checkpoint`` is a dict holding every key in ``required``.
+
+    Args:
+        checkpoint: what :func:`load_checkpoint` returned.
+        required: the top-level keys the caller reads, e.g. ``("model", "optimizer", "train_state")``.
+        path: the file, for the message.
+    """
+    required = list(required)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"foreign checkpoint {path}: found a {type(checkpoint).__name__}, "
+                              f"expected a dict with keys {required}")
+    missing = [key for key in required if key not in checkpoint]
+    if missing:
+        found = sorted(map(str, checkpoint))
+        shown = ", ".join(found[:12]) + (f", ... ({len(found)} keys)" if len(found) > 12 else "")
+        raise CheckpointError(f"foreign checkpoint {path}: no {', '.join(map(repr, missing))} entry; "
+                              f"found keys [{shown}]")
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(_SNIPPET_BYTES)
+
+
+def _describe(path: Path, size: int) -> str:
+    """What the file looks like: a cut-off zip archive, a text file, or other binary data."""
+    head = _read_head(path)
+    if head.startswith(_ZIP_MAGIC):
+        return f"found a zip archive of {size} bytes that is truncated or corrupt"
+    if head.startswith(_LEGACY_MAGIC):
+        return f"found a legacy torch file of {size} bytes that is truncated or corrupt"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:  # binary, or a character cut at the end of the snippet
+        text = head[:error.start].decode("utf-8") if error.start >= len(head) - 3 else None
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"found a text file ({size} bytes) starting {text.strip()!r}"
+    return f"found {size} bytes of other binary data starting {head[:8].hex(' ')}"
 
 
 def rng_state() -> dict:
