@@ -68,20 +68,40 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
 KILLED_WRITER = """
 import sys, torch
 from utils.checkpoint import save_atomic
-big = {"model": {"w": torch.ones(64, 1024, 1024)}}  # 256 MB: slow enough to be killed while writing
-while True:
-    save_atomic(big, sys.argv[1])
+# 64 tensors of 4 MB written one after another: the temp file grows for a while before the rename.
+save_atomic({"model": {f"w{i}": torch.ones(1024, 1024) for i in range(64)}, "step": 6}, sys.argv[1])
 """
+NEW_CHECKPOINT_BYTES = 64 * 4 * 1024 * 1024
+
+
+def wait_for_partial_temp_file(folder: Path, process: subprocess.Popen, min_bytes: int, timeout: float = 120) -> int:
+    """Size of the writer's temp file once it holds at least ``min_bytes``; fails if the write never starts."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "the writer exited before it was caught writing"
+        for temp in folder.glob(".last.pth.tmp-*"):
+            try:
+                size = temp.stat().st_size
+            except FileNotFoundError:  # renamed in between
+                continue
+            if size >= min_bytes:
+                return size
+        time.sleep(0.002)
+    raise AssertionError(f"the checkpoint write never started in {folder}")
 
 
 def test_kill_during_checkpoint_write_keeps_last_loadable(tmp_path):
     last = tmp_path / "last.pth"
     save_atomic({"model": {"w": torch.full((3,), 7.0)}, "step": 5}, last)
+    old_bytes = last.read_bytes()
     process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(last)], env={**os.environ, "PYTHONPATH": "."})
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".last.pth.tmp-*")) and time.time() < deadline:
-        time.sleep(0.01)  # wait until it is writing the temp file
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    checkpoint = load_checkpoint(last)  # loads: either the old file or a complete new one
-    assert checkpoint.get("step") == 5 or checkpoint["model"]["w"].shape == (64, 1024, 1024)
+    try:
+        size = wait_for_partial_temp_file(tmp_path, process, min_bytes=1 << 20)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert 0 < size < NEW_CHECKPOINT_BYTES  # killed mid-write
+    leftovers = list(tmp_path.glob(".last.pth.tmp-*"))
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size < NEW_CHECKPOINT_BYTES  # the rename never happened
+    assert last.read_bytes() == old_bytes
+    assert load_checkpoint(last)["step"] == 5

@@ -2,7 +2,6 @@
 splits, captions that agree with the drawn attributes, consistent bag sides, and atomic writes."""
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -157,7 +156,18 @@ def test_generation_is_atomic_and_refuses_to_clobber(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic-pedes"]
 
 
-def test_small_generation_is_fast(tmp_path):
-    start = time.perf_counter()
-    generate_dataset(tmp_path / "fast", 25, seed=0, images_per_id=4)
-    assert time.perf_counter() - start < 5.0  # ~0.2 s on one busy core; 500 ids x 4 take a few seconds
+def test_generation_renders_each_image_once_at_the_requested_size(tmp_path, monkeypatch):
+    sizes = []
+
+    def counting_render(identity, rng, size):
+        sizes.append(size)
+        return render_person(identity, rng, size)
+
+    monkeypatch.setattr(generate_module, "render_person", counting_render)
+    folder = generate_dataset(tmp_path / "small", 25, seed=0, images_per_id=4, image_size=(96, 48))
+    assert sizes == [(96, 48)] * 100  # one render per listed image, no retries or throw-away renders
+    records = json.loads((folder / "reid_raw.json").read_text())
+    listed = sorted(r["file_path"] for r in records)
+    assert listed == sorted(str(p.relative_to(folder / "imgs")) for p in (folder / "imgs").rglob("*.jpg"))
+    assert len(listed) == 100
+    assert {Image.open(folder / "imgs" / path).size for path in listed} == {(48, 96)}  # (W, H)
