@@ -17,6 +17,7 @@ from models.checkpoint_import import CheckpointMismatchError, load_pretrained
 from models.registry import get_model_spec
 from models.vit import interpolate_pos_embed
 from utils.checkpoint import load_checkpoint, remove_stale_temp_files, require_keys, save_atomic
+from utils.config import config_to_dict, load_config
 from utils.errors import CheckpointError
 
 OLD_STATE = {"model": {"w": torch.full((3,), 7.0)}, "step": 5}
@@ -159,8 +160,9 @@ def _our_checkpoint(tmp_path, image_size, with_config=True):
     torch.manual_seed(0)
     model = CADABackbone(TINY, image_size)
     state = {"model": model.state_dict()}
-    if with_config:  # what our trainer stores: the resolved config with model.image_size
-        state["config"] = {"model": {"name": "cada_tiny", "image_size": list(image_size)}}
+    if with_config:  # what our trainer stores: the resolved config
+        config = load_config("configs/synthetic.yaml", [f"model.image_size=[{image_size[0]},{image_size[1]}]"])
+        state["config"] = config_to_dict(config)
     path = tmp_path / "best.pth"
     save_atomic(state, path)
     return path, model.state_dict()

@@ -53,7 +53,7 @@ def release():
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("release") / "cuhk_best.pth"
     torch.save({"model": recipe_state_dict()}, path)
-    config = load_config("configs/base.yaml", ["model.name=cada_base", "model.image_size=[224,224]"])
+    config = load_config("configs/cuhk_pedes.yaml", ["model.name=cada_base", "model.image_size=[224,224]"])
     built = build_model(config, weights=path)  # through models.checkpoint_import.load_pretrained
     path.unlink()
     return built.eval()
