@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -81,6 +82,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_global_batch(tmp_path):
     single_losses, single_grads = losses_and_grads(build_model(), global_batch())
     single_eval = evaluate_small_set(build_model(), tmp_path)  # also writes the images the workers read

@@ -3,10 +3,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from utils.checkpoint import load_checkpoint
 from utils.config import config_from_dict
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_logs_and_results(trained_run):
     run = trained_run.output_dir
     for name in ("best.pth", "last.pth", "config.yaml", "environment.json", "metrics.jsonl", "results.json"):
@@ -24,6 +27,7 @@ def test_training_writes_checkpoints_logs_and_results(trained_run):
     assert results["chance_r1"] > 0
 
 
+@pytest.mark.slow
 def test_eval_reproduces_training_results(trained_run):
     """``eval.py best.pth`` with the checkpoint's own config prints the numbers training wrote."""
     completed = subprocess.run([sys.executable, "eval.py", str(trained_run.checkpoint)], capture_output=True,

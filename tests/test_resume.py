@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import tiny_overrides
@@ -38,6 +39,7 @@ def wait_for_mid_epoch_checkpoint(path: Path, process: subprocess.Popen, timeout
     raise TimeoutError("no mid-epoch checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     data = tmp_path / "data"
     reference = subprocess.run(train_command(data, tmp_path / "reference"), capture_output=True, text=True,

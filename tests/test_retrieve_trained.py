@@ -39,6 +39,7 @@ def distinct_people(records: list[dict], count: int) -> list[dict]:
     return picked
 
 
+@pytest.mark.slow
 def test_search_finds_described_unseen_people_and_reuses_the_index(search_model, tmp_path):
     annotation = search_model / "data" / "synthetic-pedes" / "reid_raw.json"
     checkpoint = search_model / "run" / "best.pth"

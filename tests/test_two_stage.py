@@ -1,4 +1,5 @@
 """The batched two-stage evaluation equals a slow, per-query implementation on a real (tiny) model."""
+import pytest
 import torch
 from PIL import Image
 
@@ -51,6 +52,7 @@ def slow_two_stage(model, dataset, tokenizer, transform, k):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_batched_two_stage_equals_per_query_reference(tmp_path):
     torch.manual_seed(0)
     model = CADA(get_model_spec("cada_tiny"), SIZE).eval()
