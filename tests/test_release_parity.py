@@ -23,8 +23,6 @@ NORM_WEIGHT_SUFFIXES = ("LayerNorm.weight", "norm.weight", "norm1.weight", "norm
 ALIASES = {"text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
            "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias"}
 
-pytestmark = pytest.mark.slow
-
 
 def recipe_state_dict() -> dict[str, torch.Tensor]:
     """Every key of the release manifest, filled by the fixture README's crc32-seeded recipe."""
@@ -89,6 +87,7 @@ def outputs(model, release):
     }
 
 
+@pytest.mark.slow  # builds cada_base (224M parameters) on the CPU: about a minute
 @pytest.mark.parametrize("name", ["image_cls", "image_feat", "text_cls", "text_feat", "cosine", "itm_logits",
                                   "atp_group_logits", "ara_logits_at_masks", "loss_global", "loss_itm_plus_atp",
                                   "loss_ara"])
