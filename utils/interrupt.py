@@ -1,0 +1,67 @@
+"""Stopping a training run cleanly on SIGINT/SIGTERM: note the signal, finish the step, save, exit 130/143.
+
+The handler only sets a flag; the training loop asks :meth:`StopSignals.should_stop` once per optimizer
+step, saves ``last.pth`` and raises :class:`RunInterrupted`, which the entry point turns into exit code
+128 + signal number. Under torchrun the flag is all-reduced (max) so every rank stops at the same step and
+the collective save cannot hang. A second Ctrl-C while saving still interrupts (the default handler is back).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+from utils.dist import get_world_size
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal after saving; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """Context manager: while active, SIGINT/SIGTERM set :attr:`received` instead of killing the process.
+
+    Handlers are installed only in the main thread (Python allows no other); elsewhere this is a no-op.
+    """
+
+    def __init__(self):
+        self.received = 0  # the signal number, 0 = none
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        for sig, handler in self._previous.items():  # a second signal acts as it would without us
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def should_stop(self, device: torch.device) -> int:
+        """The signal any rank received (0 if none); a collective under torchrun, so call it on every rank."""
+        if get_world_size() == 1:
+            return self.received
+        flag = torch.tensor([self.received], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def ignore_interrupt_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, but only the main process
+    should react (it finishes the step and saves); a worker that died on it would fail the last batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
