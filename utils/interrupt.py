@@ -1,19 +1,14 @@
 """Stopping a training run cleanly on SIGINT/SIGTERM: note the signal, finish the step, save, exit 130/143.
 
-The handler only sets a flag; the training loop asks :meth:`StopSignals.should_stop` once per optimizer
-step, saves ``last.pth`` and raises :class:`RunInterrupted`, which the entry point turns into exit code
-128 + signal number. Under torchrun the flag is all-reduced (max) so every rank stops at the same step and
-the collective save cannot hang. A second Ctrl-C while saving still interrupts (the default handler is back).
+The handler only sets a flag; the training loop reads it once per optimizer step (all-reduced under
+torchrun, see :class:`engine.step_guard.StepGuard`, so every rank stops at the same step), saves
+``last.pth`` and raises :class:`RunInterrupted`, which the entry point turns into exit code 128 + signal
+number. A second Ctrl-C while saving still interrupts (the default handler is back by then).
 """
 from __future__ import annotations
 
 import signal
 import threading
-
-import torch
-import torch.distributed as dist
-
-from utils.dist import get_world_size
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,14 +46,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-
-    def should_stop(self, device: torch.device) -> int:
-        """The signal any rank received (0 if none); a collective under torchrun, so call it on every rank."""
-        if get_world_size() == 1:
-            return self.received
-        flag = torch.tensor([self.received], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
 
 
 def ignore_interrupt_in_worker(worker_id: int) -> None:
