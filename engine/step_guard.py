@@ -30,7 +30,7 @@ class Verdict:
 
 
 class StepGuard:
-    """Context manager (installs the stop-signal handlers) that judges each optimizer step.
+    """Judges each optimizer step; :meth:`install` makes SIGINT/SIGTERM a flag until :meth:`restore`.
 
     Args:
         max_nonfinite_steps: how many steps with a non-finite loss are skipped before the run stops.
@@ -45,12 +45,11 @@ class StepGuard:
         self.signals = StopSignals()
         self._nonfinite = torch.zeros((), dtype=torch.int32, device=device)  # any bad micro-batch since the last step
 
-    def __enter__(self) -> StepGuard:
-        self.signals.__enter__()
-        return self
+    def install(self) -> None:
+        self.signals.install()
 
-    def __exit__(self, *exc) -> None:
-        self.signals.__exit__(*exc)
+    def restore(self) -> None:
+        self.signals.restore()
 
     def observe(self, total: torch.Tensor) -> None:
         """Notes whether this micro-batch's weighted loss is finite (stays on the device)."""

@@ -117,6 +117,7 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 1  # epochs between val evaluations
     select_metric: str = "R1"  # val metric that picks best.pth; ICFG without val: "last"
+    max_nonfinite_steps: int = 0  # steps with a NaN/inf loss skipped (logged) before the run stops; 0 = stop at once
 
 
 @dataclass

@@ -23,7 +23,7 @@ class RunInterrupted(Exception):
 
 
 class StopSignals:
-    """Context manager: while active, SIGINT/SIGTERM set :attr:`received` instead of killing the process.
+    """Between :meth:`install` and :meth:`restore`, SIGINT/SIGTERM set :attr:`received` instead of stopping.
 
     Handlers are installed only in the main thread (Python allows no other); elsewhere this is a no-op.
     """
@@ -37,12 +37,11 @@ class StopSignals:
         for sig, handler in self._previous.items():  # a second signal acts as it would without us
             signal.signal(sig, handler)
 
-    def __enter__(self) -> StopSignals:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
