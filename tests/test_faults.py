@@ -165,3 +165,19 @@ def test_a_finished_run_is_not_trained_again_nor_overwritten(data_root, tmp_path
     assert "optim.lr: stored 0.0005, now 0.001" in other.stderr and "new train.output_dir" in other.stderr
     assert {name: (output_dir / name).read_bytes() for name in before} == before
     assert sorted(path.name for path in output_dir.iterdir()) == ["config.yaml", "results.json"]
+
+
+def test_last_is_saved_before_validation(data_root, tmp_path, monkeypatch):
+    from engine import trainer
+
+    def failing_validation(*args, **kwargs):
+        raise MemoryError("validation ran out of memory")
+
+    monkeypatch.setattr(trainer, "evaluate", failing_validation)
+    config = load_config("configs/synthetic.yaml", [*tiny_overrides(data_root, tmp_path), *FAULT_OVERRIDES,
+                                                    "train.epochs=1"])
+    with pytest.raises(MemoryError):
+        trainer.train(config)
+    state = load_checkpoint(tmp_path / "last.pth")["train_state"]
+    assert state["epoch"] == 1 and state["batch"] == 0 and state["step"] > 0  # the epoch's training is kept
+    assert not (tmp_path / "train.lock").exists()
