@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from datasets.sampler import TrainSampler
 from engine import builders
-from engine.evaluation_run import eval_options, run_test
+from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -27,7 +27,7 @@ from utils.dist import all_gather_object, barrier, get_rank, get_world_size, ini
 from utils.interrupt import ignore_interrupt_in_worker
 from utils.run_folder import claim_run_folder, remove_stale_temp_files
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import warmup_cosine_factor
+from utils.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,24 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     splits = builders.load_splits(config)
     tokenizer = builders.tokenizer_for(config)
     train_set = builders.build_train_set(config, splits["train"], tokenizer)
-    world = get_world_size()
-    sampler = TrainSampler(train_set.labels, config.data.batch_size * world, config.data.instances_per_id,
-                           config.train.seed, get_rank(), world)
-    loader = DataLoader(train_set, batch_size=config.data.batch_size, sampler=sampler,
+    world, accumulate = get_world_size(), config.train.accumulate_steps
+    micro_batch = builders.micro_batch_size(config, world)
+    sampler = TrainSampler(train_set.labels, micro_batch * world, config.data.instances_per_id,
+                           config.train.seed, get_rank(), world, accumulate)
+    log.info("global batch %d = %d process(es) x %d accumulation step(s) x %d pairs", config.data.global_batch_size,
+             world, accumulate, micro_batch)
+    loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
                         num_workers=config.data.num_workers, persistent_workers=False, drop_last=True,
                         generator=torch.Generator(),  # own generator: the loader must not consume the global RNG
                         worker_init_fn=ignore_interrupt_in_worker)
     model = builders.build_model(config).to(device)
     optimizer = builders.build_optimizer(config, model)
-    steps_per_epoch = sampler.batches_per_epoch // config.train.accumulate_steps
-    total_steps = steps_per_epoch * config.train.epochs
-    min_ratio = config.optim.min_lr / config.optim.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(
-        step, total_steps, config.optim.warmup_steps, min_ratio))
+    steps_per_epoch = sampler.batches_per_epoch // accumulate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, steps_per_epoch, config.train.epochs, config.optim.schedule, config.optim.warmup_steps,
+        config.optim.min_lr / config.optim.lr))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
-    weights = builders.loss_weights(config)
+    weights = config.loss.weights()
     state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": float("-inf"), "best_epoch": -1}
 
     checkpoint_path = resume_path(config, output_dir)
@@ -142,10 +144,10 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             with autocast(device, config.train.amp):
                 losses = net(batch)
             total = sum(weights[name] * value for name, value in losses.items())
-            scaler.scale(total / config.train.accumulate_steps).backward()
+            scaler.scale(total / accumulate).backward()
             guard.observe(total)
             state["batch"] += 1
-            if state["batch"] % config.train.accumulate_steps:
+            if state["batch"] % accumulate:
                 continue
             verdict = guard.check(state["step"] + 1, epoch, losses, scheduler.get_last_lr()[0])  # one sync per step
             if verdict.skip:  # a non-finite loss within train.max_nonfinite_steps: its gradients are dropped
@@ -159,7 +161,7 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
-            rate = config.data.batch_size * world * (state["batch"] - bar.initial) / (time.time() - started)
+            rate = micro_batch * world * (state["batch"] - bar.initial) / (time.time() - started)
             bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
             if state["step"] % config.train.log_every == 0:
                 writer.write({"epoch": epoch, "loss": total.item(), "lr": scheduler.get_last_lr()[0],
@@ -172,18 +174,20 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
                 raise guard.interrupted(verdict.stop_signal, state["step"])
         state["epoch"], state["batch"] = epoch + 1, 0
         save("last.pth")  # before validation: an error there loses no training
+        select_last = val_set is None or config.train.select_metric == "last"
         if val_set is not None and (state["epoch"] % config.train.eval_every == 0
                                     or state["epoch"] == config.train.epochs):
-            results = evaluate(model, val_set, tokenizer, eval_transform, eval_options(config), device)
+            results = evaluate(model, val_set, tokenizer, eval_transform, config.eval, device,
+                               config.model.max_text_len)
             stage = "reranked" if config.eval.rerank else "global"
-            metric = results[stage][config.train.select_metric]
             log.info("epoch %d val %s: %s", state["epoch"], stage, _format(results[stage]))
             writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, state["step"], "val/")
-            if metric > state["best_metric"]:
+            metric = selection_value(results[stage], config.train.select_metric)
+            if not select_last and metric > state["best_metric"]:
                 state["best_metric"], state["best_epoch"] = metric, state["epoch"]
                 save("best.pth")
                 save("last.pth")  # with the new best metric, so a resumed run compares against it
-        elif val_set is None:
+        if select_last:
             state["best_epoch"] = state["epoch"]
             save("best.pth")
     writer.close()
@@ -192,6 +196,13 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     best = load_checkpoint(output_dir / "best.pth")
     model.load_state_dict(best["model"])
     return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth")
+
+
+def selection_value(metrics: dict, name: str) -> float:
+    """The val number that picks best.pth: one metric, or ``r_mean`` = (R1 + R5 + R10) / 3 (the reference)."""
+    if name == "r_mean":
+        return (metrics["R1"] + metrics["R5"] + metrics["R10"]) / 3
+    return metrics.get(name, float("nan"))
 
 
 def _format(metrics: dict) -> str:

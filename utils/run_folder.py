@@ -32,9 +32,10 @@ LOCK_NAME = "train.lock"
 RESULTS_NAME = "results.json"
 CHECKPOINT_NAMES = ("last.pth", "best.pth")
 COMPARED_SECTIONS = ("model", "data", "loss", "optim", "train")
-# Settings that cannot change what training computes: a resumed run may change them.
+# Settings that do not change what training computes (compile and checkpointing: only speed and memory).
 FREE_KEYS = frozenset({"data.num_workers", "train.output_dir", "train.resume", "train.log_every", "train.eval_every",
-                       "train.save_every_steps", "train.device", "train.max_nonfinite_steps"})
+                       "train.save_every_steps", "train.device", "train.max_nonfinite_steps", "train.compile",
+                       "train.grad_checkpointing"})
 
 
 def _process_start(pid: int) -> str | None:
