@@ -42,11 +42,13 @@ def test_guard_skips_the_allowed_number_of_non_finite_steps_then_stops(tmp_path,
 
 
 def test_guard_turns_a_signal_into_a_flag_and_restores_the_handlers(tmp_path):
-    before = signal.getsignal(signal.SIGTERM)
+    before, before_interrupt = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     guard = StepGuard(0, torch.device("cpu"), tmp_path)
     guard.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # would end pytest without the guard
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's agent may send one more while the ranks save
+        assert signal.getsignal(signal.SIGINT) is before_interrupt  # a second Ctrl-C would act as usual
         guard.observe(torch.tensor(1.0))
         verdict = guard.check(7, 0, losses(global_=1.0), 1e-3)
     finally:
@@ -58,7 +60,7 @@ def test_guard_turns_a_signal_into_a_flag_and_restores_the_handlers(tmp_path):
 
 
 ENV = {key: value for key, value in os.environ.items() if key != "CADA_DEBUG"} | {"OMP_NUM_THREADS": "1"}
-FAULT_OVERRIDES = ["data.synthetic_ids=30", "data.batch_size=4", "train.log_every=1", "train.eval_every=100"]
+FAULT_OVERRIDES = ["data.synthetic_ids=30", "data.global_batch_size=4", "train.log_every=1", "train.eval_every=100"]
 
 
 @pytest.fixture(scope="module")

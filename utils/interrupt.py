@@ -33,9 +33,10 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        self.received = signum
-        for sig, handler in self._previous.items():  # a second signal acts as it would without us
-            signal.signal(sig, handler)
+        self.received = self.received or signum
+        # A second Ctrl-C acts as without us (the user insists); SIGTERM stays a flag: torchrun's agent sends
+        # it to ranks that already got the terminal's SIGINT, and they must still save.
+        signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
