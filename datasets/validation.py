@@ -79,17 +79,30 @@ def _listing(items: Sequence[str]) -> str:
 
 
 def caption_token_ids(tokenizer: Tokenizer, captions: list[str]) -> list[list[int]]:
-    """WordPiece ids of each caption without special tokens, truncation or padding (on a copy of ``tokenizer``)."""
-    plain = Tokenizer.from_str(tokenizer.to_str())
-    plain.no_truncation()
-    plain.no_padding()
-    return [e.ids for e in plain.encode_batch(captions, add_special_tokens=False)]
+    """WordPiece ids of each caption without special tokens, truncation or padding; ``tokenizer`` is left as it was."""
+    truncation, padding = tokenizer.truncation, tokenizer.padding
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    try:
+        return [e.ids for e in tokenizer.encode_batch(captions, add_special_tokens=False)]
+    finally:
+        if truncation is not None:
+            tokenizer.enable_truncation(**truncation)
+        if padding is not None:
+            tokenizer.enable_padding(**padding)
 
 
-def meaningless_ids(tokenizer: Tokenizer) -> frozenset[int]:
-    """``[UNK]`` and every token without a letter or digit (punctuation, symbols, special tokens)."""
-    return frozenset({UNK_ID} | {i for token, i in tokenizer.get_vocab(with_added_tokens=True).items()
-                                  if token.startswith("[") or not any(ch.isalnum() for ch in token)})
+class MeaninglessTokens:
+    """Membership test for ``[UNK]`` and tokens without a letter or digit (punctuation, symbols), memoised by id."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.known = tokenizer, {UNK_ID: True}
+
+    def __contains__(self, token_id: int) -> bool:
+        if token_id not in self.known:
+            token = self.tokenizer.id_to_token(token_id) or ""
+            self.known[token_id] = not any(ch.isalnum() for ch in token)
+        return self.known[token_id]
 
 
 def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, max_len: int, source: str,
@@ -103,7 +116,7 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
     owners = [(name, r) for name, part in splits.items() for r in part]
     captions = [c for _, r in owners for c in r.captions]
     ids = iter(caption_token_ids(tokenizer, captions))
-    useless = meaningless_ids(tokenizer)
+    useless = MeaninglessTokens(tokenizer)
     bad: list[str] = []
     cut = 0
     kept_by_record: dict[int, tuple[str, ...]] = {}

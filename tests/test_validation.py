@@ -11,7 +11,7 @@ from PIL import Image
 from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.person_search import split_records
 from datasets.records import PersonRecord
-from datasets.tokenization import build_tokenizer
+from datasets.tokenization import build_tokenizer, encode
 from datasets.validation import validate_splits
 from utils.errors import ConfigError, DataError
 
@@ -182,3 +182,10 @@ def test_all_problems_are_reported_together(tmp_path, tokenizer):
 def test_unknown_duplicate_policy_is_a_config_error(tmp_path, tokenizer):
     with pytest.raises(ConfigError, match="data.duplicate_images must be one of error, warn, got 'ignore'"):
         validate(clean_splits(tmp_path), tokenizer, duplicate_images="ignore")
+
+
+def test_tokenizer_settings_are_restored(tmp_path, tokenizer):
+    encode(tokenizer, ["a man"], max_len=9)
+    before = (tokenizer.truncation, tokenizer.padding)
+    validate(clean_splits(tmp_path), tokenizer)
+    assert (tokenizer.truncation, tokenizer.padding) == before and before[0]["max_length"] == 9
