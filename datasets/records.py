@@ -28,6 +28,7 @@ _PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 _WHITESPACE = re.compile(r"\s+")
 _MISSING_SHOWN = 5
 _INT64_LIMIT = 2 ** 63  # person ids become int64 tensors
+_VALUE_SHOWN = 80  # characters of a wrong value quoted in a message
 
 
 class DatasetFormatError(DataError):
@@ -115,6 +116,11 @@ def load_json_list(annotation_file: Path) -> list:
     return data
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN] + "..."
+
+
 def parse_record(record: object, index: int, annotation_file: Path, image_dir: Path, path_key: str) -> PersonRecord:
     """Turns one raw JSON record into a :class:`PersonRecord`.
 
@@ -134,27 +140,27 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
 
     raw_id = record["id"]
     if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
-        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}")
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}")
     try:
         person_id = int(raw_id)
     except ValueError as error:
-        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}") from error
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}") from error
     if not -_INT64_LIMIT <= person_id < _INT64_LIMIT:
         raise DatasetFormatError(f"{where}: 'id' {person_id} does not fit a 64-bit integer")
 
     relative_path = record[path_key]
     if not isinstance(relative_path, str) or not relative_path or "\0" in relative_path:
-        raise DatasetFormatError(f"{where}: '{path_key}' must be a non-empty string, got {relative_path!r}")
+        raise DatasetFormatError(f"{where}: '{path_key}' must be a non-empty string, got {_shown(relative_path)}")
 
     raw_captions = record["captions"]
     if (not isinstance(raw_captions, list) or not raw_captions
             or not all(isinstance(c, str) for c in raw_captions)):
-        raise DatasetFormatError(f"{where}: 'captions' must be a non-empty list of strings, got {raw_captions!r}")
+        raise DatasetFormatError(f"{where}: 'captions' must be a non-empty list of strings, got {_shown(raw_captions)}")
     captions = tuple(clean_caption(c) for c in raw_captions)
 
     raw_split = record["split"]
     if not isinstance(raw_split, str):
-        raise DatasetFormatError(f"{where}: 'split' must be a string, got {raw_split!r}")
+        raise DatasetFormatError(f"{where}: 'split' must be a string, got {_shown(raw_split)}")
 
     return PersonRecord(image_path=image_dir / relative_path, person_id=person_id,
                         captions=captions, split=map_split(raw_split))

@@ -109,7 +109,8 @@ def test_latin1_file_is_named_with_the_bad_byte(tmp_path):
     text = json.dumps([cuhk_record(1, path="a.jpg", captions=["A café visitor."])], ensure_ascii=False)
     (folder / "reid_raw.json").write_bytes(text.encode("latin-1"))
     offset = text.index("é")
-    with pytest.raises(DataError, match=rf"reid_raw\.json: not UTF-8 \(byte 0xe9 at offset {offset}\); re-save it as UTF-8"):
+    expected = rf"reid_raw\.json: not UTF-8 \(byte 0xe9 at offset {offset}\); re-save it as UTF-8"
+    with pytest.raises(DataError, match=expected):
         read_cuhk_pedes(folder, check_images=False)
 
 
@@ -200,3 +201,13 @@ def test_registry_reads_the_named_folder_and_lists_known_names(tmp_path):
     assert set(DATASETS) == {"cuhk_pedes", "icfg_pedes", "rstpreid", "synthetic"}
     with pytest.raises(ConfigError, match="unknown dataset 'market'; known: cuhk_pedes, icfg_pedes, rstpreid"):
         load_records("market", tmp_path)
+
+
+def test_long_wrong_values_are_quoted_short(tmp_path):
+    bad = cuhk_record(2, path="b.jpg")
+    bad["captions"] = {f"caption {i}": "a man in a red coat" for i in range(50)}
+    folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", [bad], make_images=False)
+    with pytest.raises(DataError) as error:
+        read_cuhk_pedes(folder)
+    quoted = str(error.value).split("got ", 1)[1]
+    assert quoted.startswith("{'caption 0': 'a man in a red coat'") and quoted.endswith("...") and len(quoted) == 83
