@@ -32,7 +32,8 @@ _IMAGES_PER_TASK = 256
 
 def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str], tokenizer: Tokenizer,
                     max_len: int, source: str, drop_bad_captions: bool = False,
-                    duplicate_images: str = "error", workers: int | None = None) -> dict[str, list[PersonRecord]]:
+                    duplicate_images: str = "error", workers: int | None = None,
+                    show_progress: bool = True) -> dict[str, list[PersonRecord]]:
     """Checks all records of ``splits``; returns them, less bad captions when ``drop_bad_captions``.
 
     Args:
@@ -44,6 +45,7 @@ def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str]
         drop_bad_captions: drop captions that say nothing (and records left with none) instead of failing.
         duplicate_images: ``'error'`` or ``'warn'`` for an image under two ids or in two splits.
         workers: threads reading image headers (default: 4 per CPU, at most 32).
+        show_progress: show a progress bar while reading image headers (one process of several: false).
 
     Raises:
         DataError: listing every problem found, a few lines each.
@@ -62,7 +64,8 @@ def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str]
             log.warning("%s", message)
     else:
         problems += [f"{m}\n  (set data.duplicate_images=warn to go on anyway)" for m in duplicates]
-    problems += check_images([r.image_path for part in splits.values() for r in part], source, workers)
+    problems += check_images([r.image_path for part in splits.values() for r in part], source, workers,
+                             show_progress)
     if problems:
         raise DataError("\n".join(problems))
     return splits
@@ -189,7 +192,8 @@ def _problems_in(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     return [(path, problem) for path in paths if (problem := image_problem(path)) is not None]
 
 
-def check_images(paths: Sequence[Path], source: str, workers: int | None = None) -> list[str]:
+def check_images(paths: Sequence[Path], source: str, workers: int | None = None,
+                 show_progress: bool = True) -> list[str]:
     """Reads the header of every distinct image in ``paths`` on a thread pool, with a progress bar.
 
     Returns:
@@ -200,7 +204,7 @@ def check_images(paths: Sequence[Path], source: str, workers: int | None = None)
     tasks = [unique[i:i + _IMAGES_PER_TASK] for i in range(0, len(unique), _IMAGES_PER_TASK)]
     bad: list[tuple[Path, str]] = []
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(unique), desc="checking images", unit="img",
-                                                    disable=len(unique) < 1000) as bar:
+                                                    disable=not show_progress or len(unique) < 1000) as bar:
         for task, found in zip(tasks, pool.map(_problems_in, tasks)):
             bad += found
             bar.update(len(task))

@@ -13,6 +13,8 @@ from datasets.person_search import split_records
 from datasets.records import PersonRecord
 from datasets.tokenization import build_tokenizer, encode
 from datasets.validation import validate_splits
+from engine.builders import load_splits
+from utils.config import load_config
 from utils.errors import ConfigError, DataError
 
 RUNIC = "ᚠᛇᚻ ᛒᛦᚦ"  # a script outside the BERT vocabulary: every word is [UNK]
@@ -189,3 +191,35 @@ def test_tokenizer_settings_are_restored(tmp_path, tokenizer):
     before = (tokenizer.truncation, tokenizer.padding)
     validate(clean_splits(tmp_path), tokenizer)
     assert (tokenizer.truncation, tokenizer.padding) == before and before[0]["max_length"] == 9
+
+
+def synthetic_config(root: Path, *overrides: str):
+    return load_config("configs/synthetic.yaml", [f"data.root={root}", "data.synthetic_ids=10", *overrides])
+
+
+def test_load_splits_validates_the_synthetic_set_cleanly(tmp_path):
+    splits = load_splits(synthetic_config(tmp_path))
+    assert {name: len(part) for name, part in splits.items()} == {"train": 7 * 4, "val": 1 * 4, "test": 2 * 4}
+
+
+def test_load_splits_finds_a_corrupt_test_image_before_training(tmp_path):
+    test_image = load_splits(synthetic_config(tmp_path))["test"][-1].image_path
+    test_image.write_bytes(test_image.read_bytes()[:50])
+    with pytest.raises(DataError, match=re.escape(f"{test_image}: unreadable")):
+        load_splits(synthetic_config(tmp_path))
+
+
+def test_load_splits_applies_the_duplicate_and_caption_settings(tmp_path):
+    load_splits(synthetic_config(tmp_path))
+    annotation = tmp_path / "synthetic-pedes" / "reid_raw.json"
+    raw = json.loads(annotation.read_text(encoding="utf-8"))
+    raw[0]["captions"][1] = RUNIC
+    leaked = dict(raw[1], split="test", id=raw[-1]["id"])  # a training image also listed in test
+    annotation.write_text(json.dumps(raw + [leaked]), encoding="utf-8")
+    with pytest.raises(DataError) as error:
+        load_splits(synthetic_config(tmp_path))
+    message = str(error.value)
+    assert f"caption 1 '{RUNIC}': only [UNK]/punctuation" in message
+    assert f"{tmp_path / 'synthetic-pedes' / 'imgs' / raw[1]['file_path']}: train, test" in message
+    splits = load_splits(synthetic_config(tmp_path, "data.drop_bad_captions=true", "data.duplicate_images=warn"))
+    assert len(splits["train"][0].captions) == 1 and len(splits["test"]) == 2 * 4 + 1
