@@ -5,8 +5,8 @@ happens to each checkpoint key: dropped by name (momentum copies, queues, temper
 prefix, or kept; the ViT position table is resized (and the resize logged) when the checkpoint was
 trained at another image size: from the grid our checkpoints' stored config gives, else a square one.
 After mapping, every model key must be present except an explicit allow-list (logged), no unexpected key
-may remain, every shape must match, and keys that name one tied Parameter in the model must hold equal values; otherwise
-:class:`CheckpointMismatchError` names the offending keys and shapes.
+may remain, every shape must match, and keys that name one tied Parameter in the model must hold equal
+values; otherwise :class:`CheckpointMismatchError` names the offending keys and shapes.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class NotAllowed:
 
 
 def test_missing_and_empty_files_are_named(tmp_path):
-    with pytest.raises(CheckpointError, match=r"missing checkpoint .*absent\.pth: no such file"):
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*absent\.pth \(no such file\)"):
         load_checkpoint(tmp_path / "absent.pth")
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"empty checkpoint .*empty\.pth: the file has 0 bytes"):

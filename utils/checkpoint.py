@@ -142,7 +142,7 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"missing checkpoint {path}: no such file")
+        raise CheckpointError(f"checkpoint not found: {path} (no such file)")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"empty checkpoint {path}: the file has 0 bytes (an interrupted copy or save?)")
