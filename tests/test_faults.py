@@ -95,6 +95,7 @@ def assert_finite(path: Path) -> None:
         assert torch.isfinite(value).all(), f"{path}: {key} is not finite"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_saves_last_and_exits_128_plus_signal(data_root, tmp_path, signum):
     output_dir = tmp_path / "run"
@@ -127,6 +128,7 @@ def test_stop_signal_saves_last_and_exits_128_plus_signal(data_root, tmp_path, s
         assert {name: (output_dir / name).read_bytes() for name in before} == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_terms_and_lr_without_saving_it(data_root, tmp_path):
     output_dir = tmp_path / "run"
     output_dir.mkdir()
@@ -144,6 +146,7 @@ def test_non_finite_loss_stops_naming_step_terms_and_lr_without_saving_it(data_r
     assert not (output_dir / ".last.pth.tmp-999999").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_up_to_the_allowed_number(data_root, tmp_path):
     completed = run_train(data_root, tmp_path / "run", "optim.lr=1e30", "optim.warmup_steps=0",
                           "train.max_nonfinite_steps=2")
@@ -152,6 +155,7 @@ def test_non_finite_steps_are_skipped_up_to_the_allowed_number(data_root, tmp_pa
     assert "(now 2)" in completed.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_again_nor_overwritten(data_root, tmp_path):
     output_dir = tmp_path / "run"
     dump_config(load_config("configs/synthetic.yaml", [*tiny_overrides(data_root, output_dir), *FAULT_OVERRIDES]),
@@ -169,6 +173,7 @@ def test_a_finished_run_is_not_trained_again_nor_overwritten(data_root, tmp_path
     assert sorted(path.name for path in output_dir.iterdir()) == ["config.yaml", "results.json"]
 
 
+@pytest.mark.slow
 def test_last_is_saved_before_validation(data_root, tmp_path, monkeypatch):
     from engine import trainer
 

@@ -71,6 +71,7 @@ def make_model(grad_checkpointing=False):
     return CADA(get_model_spec("cada_tiny"), (64, 32), None, grad_checkpointing=grad_checkpointing)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_same_losses_and_gradients():
     batch = tiny_batch()
     plain, checkpointed = make_model(), make_model(grad_checkpointing=True)
