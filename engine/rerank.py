@@ -87,6 +87,7 @@ def rerank(
     match_logits: MatchLogits,
     query_offset: int = 0,
     batch_queries: int = 16,
+    query_order: torch.Tensor | None = None,
 ) -> RerankResult:
     """Re-ranks each row's top-k by cosine with ``cos + ITM logit``; the rest keep their cosine order.
 
@@ -99,6 +100,9 @@ def rerank(
             Called once per group of at most ``batch_queries`` queries.
         query_offset: global index of the first row of ``scores``.
         batch_queries: queries per ``match_logits`` call.
+        query_order: (c,) permutation of the rows: groups are consecutive runs of this order (e.g. rows
+            sorted by caption length, so that a group's captions are trimmed to similar lengths).
+            None groups rows in order. The result does not depend on it.
 
     Returns:
         A ``RerankResult``; its ``scores`` sort (stable, descending) into the final ranking.
@@ -115,15 +119,18 @@ def rerank(
     candidate_scores, candidate_indices = topk_candidates(scores, k)  # (c, k), cosine order
     k = candidate_indices.shape[1]
 
-    logit_batches = []
+    if query_order is None:
+        query_order = torch.arange(num_rows, device=scores.device)
+    elif not torch.equal(query_order.sort().values.cpu(), torch.arange(num_rows)):
+        raise ValueError(f"query_order must be a permutation of the {num_rows} rows")
+    query_order = query_order.to(scores.device)
+    candidate_logits = torch.zeros(num_rows, k, device=scores.device)  # (c, k)
     for start in range(0, num_rows, batch_queries):
-        stop = min(start + batch_queries, num_rows)
-        query_index = torch.arange(start, stop, device=scores.device) + query_offset  # (n,)
-        logits = match_logits(query_index, candidate_indices[start:stop])
-        if tuple(logits.shape) != (stop - start, k):
-            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({stop - start}, {k})")
-        logit_batches.append(logits.to(device=scores.device, dtype=torch.float32))
-    candidate_logits = torch.cat(logit_batches) if logit_batches else candidate_scores.new_zeros(0, k).float()
+        rows = query_order[start:start + batch_queries]  # (n,)
+        logits = match_logits(rows + query_offset, candidate_indices[rows])
+        if tuple(logits.shape) != (rows.numel(), k):
+            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({rows.numel()}, {k})")
+        candidate_logits[rows] = logits.to(device=scores.device, dtype=torch.float32)
 
     # Order candidates by the exact combined score; pre-sorting by gallery index makes ties go to the lower one.
     by_gallery = candidate_indices.argsort(dim=1)  # (c, k) — indices within a row are distinct

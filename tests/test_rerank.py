@@ -67,6 +67,19 @@ def test_match_logits_called_in_batches_with_global_query_indices():
     assert recorder.batch_sizes == [11]
 
 
+def test_query_order_groups_rows_and_leaves_the_result_unchanged():
+    cosines, logit_table = make_problem(1, num_queries=11, offset=5)
+    plain = rerank(cosines, 4, RecordingLogits(logit_table), query_offset=5, batch_queries=4)
+    order = torch.tensor([3, 9, 0, 10, 1, 2, 8, 4, 7, 6, 5])
+    recorder = RecordingLogits(logit_table)
+    grouped = rerank(cosines, 4, recorder, query_offset=5, batch_queries=4, query_order=order)
+    assert recorder.query_indices == (order + 5).tolist() and recorder.batch_sizes == [4, 4, 3]
+    assert torch.equal(grouped.scores, plain.scores)
+    assert torch.equal(grouped.candidate_logits, plain.candidate_logits)
+    with pytest.raises(ValueError, match="permutation"):
+        rerank(cosines, 4, recorder, query_order=torch.zeros(11, dtype=torch.long))
+
+
 def test_order_inside_top_k_is_exact_for_nearly_equal_combined_scores():
     # cos + logit differ by one fp32 ulp of the logit (~1e-6); adding an offset in fp32 would merge them and
     # fall back to gallery order (index 0 first). The larger combined score must win.
