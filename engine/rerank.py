@@ -16,6 +16,7 @@ The combined scores are recoverable from the returned candidate indices and logi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -147,3 +148,45 @@ def rerank(
     steps = torch.arange(k, 0, -1, device=scores.device, dtype=torch.float32)  # (k,) k, k-1, ..., 1
     reranked.scatter_(1, reranked_indices, best_remaining + steps)
     return RerankResult(reranked, candidate_indices, candidate_logits)
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def length_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rows (c,) ordered by caption length (stable), so that a group of queries is trimmed to similar lengths."""
+    return torch.sort(attention_mask.sum(dim=1), stable=True).indices
+
+
+def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
+                      device: torch.device, amp: str = "off") -> MatchLogits:
+    """The ``match_logits`` of :func:`rerank` for a CADA model, sharing work between the pairs of a group.
+
+    For the n queries x k candidates of one call, each distinct candidate image's cross-attention keys
+    and values are projected once per layer and gathered for every pair (``image_index``), and the
+    captions are trimmed to the group's longest (only the fused first token is read). The logits equal
+    scoring every pair separately at full length, up to float rounding.
+
+    Args:
+        model: a CADA backbone in eval mode, on ``device``.
+        ids: (Q, L) query ids whose first token is ``[ENC]``; mask: (Q, L) (any device).
+        image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
+        amp: "off", "bf16" or "fp16": autocast of the fused pass.
+    """
+    if amp != "off" and amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    model_dtype = next(model.parameters()).dtype
+
+    def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+        n, k = gallery_index.shape
+        distinct, pair_image = torch.unique(gallery_index.flatten(), return_inverse=True)  # (U,), (n*k,)
+        tokens = image_tokens[distinct.to(image_tokens.device)].to(device, model_dtype)  # (U, 1+N, D)
+        rows = query_index.cpu()
+        pair_ids = ids[rows].to(device).repeat_interleave(k, 0)  # (n*k, L)
+        pair_mask = mask[rows].to(device).repeat_interleave(k, 0)
+        autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off"
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = model.itm_match_logit(pair_ids, pair_mask, tokens, image_index=pair_image.to(device))
+        return logits.float().view(n, k)
+    return match_logits
