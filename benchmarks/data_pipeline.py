@@ -13,7 +13,6 @@ import argparse
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from datasets.sampler import TrainSampler  # noqa: E402
 from datasets.synthetic import render_person, sample_identity  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from datasets.transforms import build_image_transform  # noqa: E402
-from models.losses.ara import mask_attribute_tokens, pack_candidate_groups  # noqa: E402
+from datasets.ara_masking import pack_candidate_groups  # noqa: E402
 
 
 def build_set(folder: Path, num_images: int, image_size: tuple[int, int]) -> TrainPairs:
@@ -44,9 +43,12 @@ def build_set(folder: Path, num_images: int, image_size: tuple[int, int]) -> Tra
         render_person(sample_identity(rng), rng, size=image_size).save(path, quality=90)
         records.append(PersonRecord(path, person, tuple(captions[2 * index:2 * index + 2]), "train"))
     tokenizer, tagger = build_tokenizer(), build_tagger("auto")
-    candidates = [attribute_candidates(c, tokenizer, tagger, max_len=MAX_TEXT_LEN) for r in records for c in r.captions]
+
+    def groups(texts: list[str]) -> torch.Tensor:
+        return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, max_len=MAX_TEXT_LEN) for c in texts],
+                                     MAX_TEXT_LEN)
     return TrainPairs(records, build_image_transform(image_size, train=True), tokenizer, MAX_TEXT_LEN,
-                      pack_candidate_groups(candidates, MAX_TEXT_LEN), partial(mask_attribute_tokens, prob=ARA_PROB))
+                      captions="all", candidate_groups=groups, mask_prob=ARA_PROB)
 
 
 def loader_rate(dataset: TrainPairs, batch: int, workers: int, epochs: int) -> float:

@@ -53,19 +53,21 @@ def baseline_losses(model: CADA, batch: dict[str, torch.Tensor]) -> dict[str, to
     image_proj = model.project_image(image_embeds)
     text_proj = model.project_text(model.encode_text(ids, mask))
     losses = {"global": global_alignment_loss(F.normalize(image_proj, dim=-1), F.normalize(text_proj, dim=-1),
-                                              labels, scale=settings.global_scale, weights=settings.global_terms)}
+                                              labels, scale=settings.global_.scale,
+                                              weights=(settings.global_.forward_kl, settings.global_.reverse_kl,
+                                                       settings.global_.cross_entropy))}
     b = ids.shape[0]
     enc_ids = ids.clone()
     enc_ids[:, 0] = ENC_ID
     with torch.no_grad():
-        sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, image_proj, text_proj, settings.itm_temperature)
-        neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels, mode=settings.itm_negatives)
+        sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, image_proj, text_proj, settings.itm.temperature)
+        neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels, mode=settings.itm.negatives)
     all_ids = torch.cat([enc_ids, enc_ids, enc_ids[neg_text]])  # (3b, 73)
     all_mask = torch.cat([mask, mask, mask[neg_text]])
     fused = model.fuse(all_ids, all_mask, torch.cat([image_embeds, image_embeds[neg_image], image_embeds]))
     logits = model.itm_head(fused[:, 0]).float()
     losses["itm"] = itm_loss(logits[:b], logits[b:])
-    groups, _ = atp_group_features(fused, all_mask, mode="reference", groups=settings.atp_groups)
+    groups, _ = atp_group_features(fused, all_mask, mode="reference", groups=settings.atp.groups)
     is_match = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(ids.device)
     losses["atp"] = atp_loss_reference(model.itm_local_head(groups).float(), is_match, None)
     vocab_logits = model.decode(batch["ara_input_ids"], mask, image_embeds)  # (b, 73, V)

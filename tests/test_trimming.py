@@ -57,3 +57,62 @@ def test_trimmed_text_and_fused_first_token_and_decoder_states_equal_untrimmed(b
     real = short_mask.bool()
     torch.testing.assert_close(backbone.decoder_hidden(short_ids, short_mask, image_embeds)[real],
                                backbone.decoder_hidden(ids, mask, image_embeds)[:, :12][real], atol=1e-5, rtol=1e-5)
+
+
+def training_batch(seed=0):
+    from benchmarks.common import prepare_text, train_batch  # the benchmark's batch maker
+    from datasets.attributes import build_tagger
+    from datasets.tokenization import build_tokenizer
+    captions = ["a man in a red coat and blue jeans", "a woman with long black hair, a white shirt and a bag",
+                "a boy in green", "a person wearing a grey hoodie, black trousers, white shoes and a cap"]
+    text = prepare_text(captions, build_tokenizer(), build_tagger("lexicon"), torch.Generator().manual_seed(seed))
+    assert (text["ara_labels"] != -100).any() and text["attention_mask"].sum(1).max() < 30
+    return train_batch(text, SIZE)
+
+
+def losses_and_grads(model, batch, loss_fn=None):
+    model.zero_grad(set_to_none=True)
+    losses = (loss_fn or model)(batch)
+    sum(losses.values()).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def assert_same(first, second):
+    (losses, grads), (expected_losses, expected_grads) = first, second
+    assert losses.keys() == expected_losses.keys()
+    for name in losses:
+        torch.testing.assert_close(losses[name], expected_losses[name], atol=1e-5, rtol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("loss_setting", ["reference", "adaptive", "itm_only", "mask_padding"])
+def test_trimmed_training_losses_and_gradients_equal_untrimmed(loss_setting, monkeypatch):
+    import models.cada as cada_module
+    from utils.config_schema import LossConfig
+    objective = LossConfig()
+    if loss_setting == "adaptive":
+        objective.atp.mode = "adaptive"
+    elif loss_setting == "itm_only":
+        objective.atp.weight = objective.ara.weight = objective.global_.weight = 0.0
+    elif loss_setting == "mask_padding":
+        objective.atp.mask_padding = True
+    torch.manual_seed(0)
+    model = cada_module.CADA(get_model_spec("cada_tiny"), SIZE, objective=objective).eval()  # eval: no dropout
+    assert model.fused_pass_trimmable() == (loss_setting in ("adaptive", "itm_only"))
+    batch = training_batch()
+    trimmed = losses_and_grads(model, batch)
+    monkeypatch.setattr(cada_module, "trim_to_longest", lambda *tensors, length=None: tensors)
+    assert_same(trimmed, losses_and_grads(model, batch))
+
+
+def test_training_losses_and_gradients_equal_the_authors_way():
+    """Trimming, shared image keys/values and masked-only logits against an independent full-length version."""
+    from benchmarks.train_step import baseline_losses
+    from models.cada import CADA
+    torch.manual_seed(0)
+    model = CADA(get_model_spec("cada_tiny"), SIZE).eval()
+    batch = training_batch(1)
+    assert_same(losses_and_grads(model, batch), losses_and_grads(model, batch, lambda b: baseline_losses(model, b)))
