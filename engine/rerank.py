@@ -153,6 +153,15 @@ def rerank(
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` to bf16/fp16 on ``device``, or a no-op for ``amp="off"``."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
 def length_order(attention_mask: torch.Tensor) -> torch.Tensor:
     """Rows (c,) ordered by caption length (stable), so that a group of queries is trimmed to similar lengths."""
     return torch.sort(attention_mask.sum(dim=1), stable=True).indices
@@ -173,8 +182,7 @@ def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
         amp: "off", "bf16" or "fp16": autocast of the fused pass.
     """
-    if amp != "off" and amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    autocast(device, amp)  # checks amp
     model_dtype = next(model.parameters()).dtype
 
     def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
@@ -184,9 +192,7 @@ def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens
         rows = query_index.cpu()
         pair_ids = ids[rows].to(device).repeat_interleave(k, 0)  # (n*k, L)
         pair_mask = mask[rows].to(device).repeat_interleave(k, 0)
-        autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off"
-                    else contextlib.nullcontext())
-        with autocast:
+        with autocast(device, amp):
             logits = model.itm_match_logit(pair_ids, pair_mask, tokens, image_index=pair_image.to(device))
         return logits.float().view(n, k)
     return match_logits

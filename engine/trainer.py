@@ -144,7 +144,7 @@ def train(config: Config) -> dict:
         if val_set is not None and (state["epoch"] % config.train.eval_every == 0
                                     or state["epoch"] == config.train.epochs):
             results = evaluate(model, val_set, tokenizer, eval_transform, config.eval, device,
-                               config.model.max_text_len)
+                               config.model.max_text_len, config.data.num_workers)
             stage = "reranked" if config.eval.rerank else "global"
             log.info("epoch %d val %s: %s", state["epoch"], stage, _format(results[stage]))
             writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, state["step"], "val/")
