@@ -72,7 +72,7 @@ def training_batch(seed=0):
 
 def losses_and_grads(model, batch, loss_fn=None):
     model.zero_grad(set_to_none=True)
-    losses = (loss_fn or model)(batch)
+    losses = (model if loss_fn is None else loss_fn)(batch)
     sum(losses.values()).backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in losses.items()}, grads
