@@ -94,6 +94,13 @@ def build_model(config: Config, load_weights: bool = True, weights: str | Path |
     return model
 
 
+def leaves_parameters_unused(config: Config) -> bool:
+    """Whether some parameters get no gradient in a step (DDP's ``find_unused_parameters``): every module
+    is used only when all four losses are on (global: projections; itm: itm_head; atp: itm_local_head and
+    the adaptive head; itm/atp: cross-attention; ara: the decoder)."""
+    return set(config.loss.enabled()) != {"global", "itm", "atp", "ara"}
+
+
 def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> TrainPairs:
     data = config.data
     groups = None
@@ -137,7 +144,8 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
         groups.setdefault((lr, 0.0 if no_decay else optim.weight_decay), []).append(param)
     param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd}
                     for (lr, wd), params in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    fused = all(p.is_cuda for group in param_groups for p in group["params"])  # one kernel per step on CUDA
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
 
 
 def tokenizer_for(config: Config):

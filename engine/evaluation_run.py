@@ -24,7 +24,7 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
     if pictures:
         check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
-                       config.model.max_text_len)
+                       config.model.max_text_len, config.data.num_workers)
     if is_main_process():
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:
