@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups  # noqa: E402
 from datasets.attributes import attribute_candidates  # noqa: E402
 from datasets.synthetic import describe, sample_identity  # noqa: E402
 from datasets.tokenization import encode  # noqa: E402
-from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups  # noqa: E402
 
 CUHK_MEAN_WORDS, CUHK_STD_WORDS = 23.5, 7.0  # CUHK-PEDES caption length in words
 MAX_TEXT_LEN = 73

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ARA_PROB, MAX_TEXT_LEN, cuhk_like_captions, emit, print_table, setup_threads  # noqa: E402,E501
+from datasets.ara_masking import pack_candidate_groups  # noqa: E402
 from datasets.attributes import attribute_candidates, build_tagger  # noqa: E402
 from datasets.person_search import TrainPairs  # noqa: E402
 from datasets.records import PersonRecord  # noqa: E402
@@ -29,7 +30,6 @@ from datasets.sampler import TrainSampler  # noqa: E402
 from datasets.synthetic import render_person, sample_identity  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from datasets.transforms import build_image_transform  # noqa: E402
-from datasets.ara_masking import pack_candidate_groups  # noqa: E402
 
 
 def build_set(folder: Path, num_images: int, image_size: tuple[int, int]) -> TrainPairs:

@@ -12,7 +12,6 @@ Usage: python benchmarks/eval_two_stage.py [--model cada_base --queries 6156 --g
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (cuhk_like_captions, emit, pick_device, print_table, setup_threads,  # noqa: E402
-                               synchronize)
+from benchmarks.common import cuhk_like_captions, emit, pick_device, print_table, setup_threads, synchronize  # noqa: E402
 from datasets.tokenization import build_tokenizer, encode  # noqa: E402
-from engine.rerank import AMP_DTYPES, length_order, rerank, shared_itm_scorer  # noqa: E402
+from engine.rerank import length_order, rerank, shared_itm_scorer  # noqa: E402
 from models.cada_backbone import CADABackbone  # noqa: E402
 from models.padding import trim_to_longest  # noqa: E402
 from models.registry import get_model_spec  # noqa: E402
 from utils.metrics import iter_similarity_chunks  # noqa: E402
+from utils.precision import autocast  # noqa: E402
 from utils.vocab import ENC_ID  # noqa: E402
-
-
-def autocast(device: torch.device, amp: str):
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "off" else contextlib.nullcontext()
 
 
 @torch.no_grad()

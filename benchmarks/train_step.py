@@ -22,8 +22,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (cuhk_like_captions, emit, peak_memory_mib, pick_device, prepare_text,  # noqa: E402
-                               print_table, reset_peak_memory, setup_threads, timed, train_batch)
+from benchmarks.common import (  # noqa: E402
+    cuhk_like_captions,
+    emit,
+    peak_memory_mib,
+    pick_device,
+    prepare_text,
+    print_table,
+    reset_peak_memory,
+    setup_threads,
+    timed,
+    train_batch,
+)
 from datasets.attributes import build_tagger  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from models.cada import CADA  # noqa: E402

@@ -21,8 +21,8 @@ from models.cada import CADA
 from models.checkpoint_import import load_pretrained
 from models.registry import get_model_spec
 from utils.config import Config
-from utils.errors import ConfigError, DataError
 from utils.dist import barrier, is_main_process
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -7,18 +7,20 @@ ranks under torchrun; the gallery is encoded once (sharded) and gathered.
 from __future__ import annotations
 
 import logging
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.person_search import GalleryImages, RetrievalSet
 from datasets.tokenization import encode
-from utils.config_schema import EvalConfig
-from utils.vocab import ENC_ID, MAX_TEXT_LEN
-from engine.rerank import autocast, length_order, rerank, shared_itm_scorer
+from engine.rerank import length_order, rerank, shared_itm_scorer
 from models.padding import trim_to_longest
+from utils.config_schema import EvalConfig
 from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize
+from utils.precision import autocast
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 
 log = logging.getLogger(__name__)
 

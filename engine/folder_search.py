@@ -16,7 +16,6 @@ import torch
 
 from datasets.person_search import load_rgb
 from datasets.records import clean_caption
-from utils.vocab import ENC_ID, MAX_TEXT_LEN
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import encode_queries, itm_scorer, top_n
@@ -26,6 +25,7 @@ from engine.results import file_hash
 from engine.visualize import draw_query_row, save_pages
 from utils.errors import DataError
 from utils.metrics import iter_similarity_chunks
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 
 log = logging.getLogger(__name__)
 

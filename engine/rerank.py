@@ -16,12 +16,13 @@ The combined scores are recoverable from the returned candidate indices and logi
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+
+from utils.precision import autocast
 
 # Largest |score| for which m_q + (k - j) is exact enough in fp32 to keep every step strictly increasing.
 MAX_ABS_SCORE = 2.0**20
@@ -148,18 +149,6 @@ def rerank(
     steps = torch.arange(k, 0, -1, device=scores.device, dtype=torch.float32)  # (k,) k, k-1, ..., 1
     reranked.scatter_(1, reranked_indices, best_remaining + steps)
     return RerankResult(reranked, candidate_indices, candidate_logits)
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` to bf16/fp16 on ``device``, or a no-op for ``amp="off"``."""
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def length_order(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -18,30 +18,20 @@ from tqdm import tqdm
 
 from datasets.sampler import TrainSampler
 from engine import builders
-from models.padding import longest_caption
 from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
+from models.padding import longest_caption
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.interrupt import ignore_interrupt_in_worker
+from utils.precision import autocast
 from utils.run_folder import claim_run_folder, remove_stale_temp_files
 from utils.run_log import MetricWriter, environment_info, setup_logging
 from utils.schedule import lr_factor
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be off, bf16 or fp16, got {amp!r}")
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
-
 
 def resume_path(config: Config, output_dir: Path) -> Path | None:
     if not config.train.resume:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import data_pipeline, eval_two_stage, train_step
-from datasets.tokenization import build_tokenizer, encode
 from benchmarks.common import cuhk_like_captions
+from datasets.tokenization import build_tokenizer, encode
 from models.cada_backbone import CADABackbone
 from models.registry import get_model_spec
 

@@ -115,9 +115,9 @@ def test_bad_inputs_raise():
 
 @torch.no_grad()
 def test_shared_itm_scorer_equals_pair_by_pair_full_length_scores():
+    from engine.rerank import length_order, shared_itm_scorer
     from models.cada_backbone import CADABackbone
     from models.registry import get_model_spec
-    from engine.rerank import length_order, shared_itm_scorer
     torch.manual_seed(0)
     model = CADABackbone(get_model_spec("cada_tiny"), (32, 16)).eval()
     generator = torch.Generator().manual_seed(5)

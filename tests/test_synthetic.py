@@ -10,8 +10,17 @@ from PIL import Image
 
 from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.registry import load_records
-from datasets.synthetic import (ATTRIBUTE_KINDS, COLOURS, HAIR_COLOURS, Identity, describe, generate_dataset,
-                                render_person, sample_identity, split_sizes)
+from datasets.synthetic import (
+    ATTRIBUTE_KINDS,
+    COLOURS,
+    HAIR_COLOURS,
+    Identity,
+    describe,
+    generate_dataset,
+    render_person,
+    sample_identity,
+    split_sizes,
+)
 from datasets.synthetic import generate as generate_module
 from datasets.synthetic.identity import sample_identities
 
