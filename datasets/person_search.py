@@ -58,10 +58,13 @@ class TrainPairs(Dataset):
         candidate_groups: optional (N, L) long tensor of ARA group ids per caption (-1 = not a candidate).
         mask_fn: ``(input_ids (1, L), group_ids (1, L), generator) -> (masked_ids, labels)``; used with
             ``candidate_groups``.
+        render: optional ``(image_path, sample_seed) -> PIL image`` used instead of reading the file
+            (``datasets.synthetic.fresh.FreshRenders``).
     """
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
-                 candidate_groups: torch.Tensor | None = None, mask_fn: Callable | None = None):
+                 candidate_groups: torch.Tensor | None = None, mask_fn: Callable | None = None,
+                 render: Callable | None = None):
         self.image_paths = [r.image_path for r in records for _ in r.captions]
         self.captions = [c for r in records for c in r.captions]
         people = sorted({r.person_id for r in records})
@@ -72,13 +75,15 @@ class TrainPairs(Dataset):
         self.input_ids, self.attention_mask = encode(tokenizer, self.captions, max_len)
         self.candidate_groups = candidate_groups
         self.mask_fn = mask_fn
+        self.render = render
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = item
-        image = load_rgb(self.image_paths[index])
+        path = self.image_paths[index]
+        image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
             torch.manual_seed(sample_seed)
             image = self.transform(image)

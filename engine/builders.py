@@ -13,6 +13,7 @@ from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
 from datasets.registry import dataset_dir, load_records
 from datasets.synthetic import generate_dataset
+from datasets.synthetic.fresh import FreshRenders
 from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
@@ -94,7 +95,12 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
                                            max_len=config.model.max_text_len) for c in captions]
         groups = pack_candidate_groups(candidates, config.model.max_text_len)
         mask_fn = partial(mask_attribute_tokens, prob=config.loss.ara.prob)
-    return TrainPairs(records, transform, tokenizer, config.model.max_text_len, groups, mask_fn)
+    render = None
+    if data.synthetic_fresh_renders:
+        if data.dataset != "synthetic":
+            raise ValueError(f"data.synthetic_fresh_renders needs data.dataset: synthetic, got {data.dataset!r}")
+        render = FreshRenders(dataset_dir(data.dataset, data.root))
+    return TrainPairs(records, transform, tokenizer, config.model.max_text_len, groups, mask_fn, render)
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from datasets.registry import dataset_dir
+from datasets.synthetic.oracle import oracle_metrics
 from engine import builders
 from engine.evaluator import EvalOptions, evaluate
 from engine.results import write_results
@@ -18,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def eval_options(config: Config) -> EvalOptions:
     e = config.eval
-    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.image_tokens_dtype,
-                       e.image_tokens_device, config.model.max_text_len, e.image_to_text)
+    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.rerank_logit_weight,
+                       e.image_tokens_dtype, e.image_tokens_device, config.model.max_text_len, e.image_to_text)
 
 
 def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
@@ -29,6 +31,8 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
     if pictures:
         check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), eval_options(config), device)
+    if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
+        results["oracle"] = oracle_metrics(dataset_dir(config.data.dataset, config.data.root), dataset)
     if is_main_process():
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:

@@ -32,6 +32,7 @@ class EvalOptions:
     rerank: bool = True
     chunk_size: int = 448
     rerank_batch_queries: int = 16
+    rerank_logit_weight: float = 1.0
     image_tokens_dtype: str = "float32"
     image_tokens_device: str = "auto"
     max_text_len: int = 73
@@ -94,7 +95,8 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    match_logits = itm_scorer(model, ids, mask, image_tokens, device) if options.rerank else None
+    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, options.rerank_logit_weight)
+                    if options.rerank else None)
     stages = {"global": RetrievalMetrics()}
     if options.rerank:
         stages["reranked"] = RetrievalMetrics()
@@ -126,13 +128,15 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
     return results
 
 
-def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device):
+def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device,
+               weight: float = 1.0):
     """The ``match_logits(query_index (n,), gallery_index (n, k)) -> (n, k)`` callable of ``engine.rerank``.
 
     Args:
         model: the CADA model (eval mode, on ``device``).
         ids: (Q, L) query token ids whose first token is ``[ENC]``; mask: (Q, L).
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
+        weight: multiplies the logits (stage 2 orders by cos + weight * logit; the reference uses 1).
     """
     model_dtype = next(model.parameters()).dtype
 
@@ -140,7 +144,7 @@ def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch
         n, k = gallery_index.shape
         tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device, model_dtype)
         return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k)
+                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k) * weight
     return match_logits
 
 

@@ -24,7 +24,7 @@ from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atom
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import warmup_cosine_factor
+from utils.schedule import linear_ramp, warmup_cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ def train(config: Config) -> dict:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(device, config.train.amp):
                 losses = net(batch)
-            total = sum(weights[name] * value for name, value in losses.items())
+            ramp = linear_ramp(state["step"], config.loss.local_warmup_steps)
+            total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
+                        for name, value in losses.items())
             scaler.scale(total / config.train.accumulate_steps).backward()
             state["batch"] += 1
             if state["batch"] % config.train.accumulate_steps:

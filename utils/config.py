@@ -39,6 +39,7 @@ class DataConfig:
     synthetic_ids: int = 600  # identities generated when the synthetic folder is missing
     synthetic_images_per_id: int = 4
     synthetic_seed: int = 0
+    synthetic_fresh_renders: bool = False  # synthetic only: draw each training photo anew per (epoch, sample)
     val_from_train: float = 0.0  # fraction of training identities carved out as val (ICFG has no val)
     val_seed: int = 0
     batch_size: int = 24  # per process
@@ -88,6 +89,7 @@ class LossConfig:
     itm: ITMLossConfig = field(default_factory=ITMLossConfig)
     atp: ATPLossConfig = field(default_factory=ATPLossConfig)
     ara: ARALossConfig = field(default_factory=ARALossConfig)
+    local_warmup_steps: int = 0  # ITM and ATP weights ramp linearly from 0 over these steps (0 = full from the start)
 
 
 @dataclass
@@ -127,6 +129,7 @@ class EvalConfig:
     rerank: bool = True
     chunk_size: int = 448  # queries scored at once; bounds memory (see utils/metrics.py)
     rerank_batch_queries: int = 16
+    rerank_logit_weight: float = 1.0  # stage 2 orders the top k by cos + weight * ITM logit
     image_tokens_dtype: str = "float32"  # float32 | float16 | bfloat16
     image_tokens_device: str = "auto"  # auto | cpu | cuda
     image_to_text: bool = False

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to ``min_lr`` per step."""
+"""Per-step schedules: the learning rate (linear warm-up, then cosine decay to ``min_lr``) and the ramp of
+the local (ITM, ATP) loss weights."""
 from __future__ import annotations
 
 import math
@@ -14,3 +15,11 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int = 0, min
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_ramp(step: int, ramp_steps: int) -> float:
+    """Loss-weight multiplier at optimisation step ``step`` (0-based): min(1, step / ramp_steps); 1 if ramp_steps = 0.
+
+    Starts at 0: hard negatives picked by an untrained model carry no signal in the first steps.
+    """
+    return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
