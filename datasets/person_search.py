@@ -9,10 +9,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.ara_masking import mask_attribute_tokens
 from datasets.records import PersonRecord
 from datasets.tokenization import encode
 
 log = logging.getLogger(__name__)
+
+CAPTION_PROTOCOLS = {"all": None, "first_two": 2}  # captions used per image: all, or the first two
 
 
 def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
@@ -44,37 +47,51 @@ def load_rgb(path) -> Image.Image:
         raise OSError(f"cannot read image {path}: {error}") from error
 
 
+def stream_seeds(sample_seed: int, streams: int) -> list[int]:
+    """Independent seeds for a sample's random streams (augmentation, ARA masking), drawn from one seed.
+
+    Seeding two generators with the same number would tie their draws together (e.g. a word masked
+    exactly when the image is flipped); drawing the seeds from a generator seeded once keeps them apart.
+    """
+    generator = torch.Generator().manual_seed(sample_seed)
+    return torch.randint(2**62, (streams,), generator=generator).tolist()
+
+
 class TrainPairs(Dataset):
     """One item per (image, caption), with captions tokenized and ARA candidates found once, up front.
 
     Items are requested as ``(index, sample_seed)`` (see ``datasets.sampler``); the seed drives the
-    augmentation and the ARA masking of that item.
+    augmentation and, independently, the ARA masking of that item.
 
     Args:
         records: training records.
         transform: PIL image → (3, H, W) tensor.
         tokenizer: from ``datasets.tokenization.build_tokenizer``.
         max_len: text length.
-        candidate_groups: optional (N, L) long tensor of ARA group ids per caption (-1 = not a candidate).
-        mask_fn: ``(input_ids (1, L), group_ids (1, L), generator) -> (masked_ids, labels)``; used with
-            ``candidate_groups``.
+        captions: ``"first_two"`` (reference: the first two captions of each image) or ``"all"``.
+        candidate_groups: optional function ``captions -> (N, L) long tensor`` of ARA group ids per caption
+            (-1 = not a candidate); with it every item also carries ``ara_input_ids`` and ``ara_labels``.
+        mask_prob: ARA masking probability of each candidate group.
         render: optional ``(image_path, sample_seed) -> PIL image`` used instead of reading the file
             (``datasets.synthetic.fresh.FreshRenders``).
     """
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
-                 candidate_groups: torch.Tensor | None = None, mask_fn: Callable | None = None,
+                 captions: str = "first_two", candidate_groups: Callable | None = None, mask_prob: float = 0.0,
                  render: Callable | None = None):
-        self.image_paths = [r.image_path for r in records for _ in r.captions]
-        self.captions = [c for r in records for c in r.captions]
+        if captions not in CAPTION_PROTOCOLS:
+            raise ValueError(f"captions must be one of {list(CAPTION_PROTOCOLS)}, got {captions!r}")
+        keep = CAPTION_PROTOCOLS[captions]
+        self.image_paths = [r.image_path for r in records for _ in r.captions[:keep]]
+        self.captions = [c for r in records for c in r.captions[:keep]]
         people = sorted({r.person_id for r in records})
         label_of = {pid: i for i, pid in enumerate(people)}
-        self.labels = torch.tensor([label_of[r.person_id] for r in records for _ in r.captions])
+        self.labels = torch.tensor([label_of[r.person_id] for r in records for _ in r.captions[:keep]])
         self.num_people = len(people)
         self.transform = transform
         self.input_ids, self.attention_mask = encode(tokenizer, self.captions, max_len)
-        self.candidate_groups = candidate_groups
-        self.mask_fn = mask_fn
+        self.candidate_groups = None if candidate_groups is None else candidate_groups(self.captions)
+        self.mask_prob = mask_prob
         self.render = render
 
     def __len__(self) -> int:
@@ -82,17 +99,18 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = item
+        image_seed, mask_seed = stream_seeds(sample_seed, 2)
         path = self.image_paths[index]
         image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
-            torch.manual_seed(sample_seed)
+            torch.manual_seed(image_seed)
             image = self.transform(image)
         sample = {"image": image, "input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
                   "label": self.labels[index]}
         if self.candidate_groups is not None:
-            generator = torch.Generator().manual_seed(sample_seed)
-            masked, labels = self.mask_fn(self.input_ids[index:index + 1], self.candidate_groups[index:index + 1],
-                                          generator=generator)
+            masked, labels = mask_attribute_tokens(self.input_ids[index:index + 1],
+                                                   self.candidate_groups[index:index + 1], self.mask_prob,
+                                                   generator=torch.Generator().manual_seed(mask_seed))
             sample["ara_input_ids"], sample["ara_labels"] = masked[0], labels[0]
         return sample
 
@@ -110,11 +128,11 @@ class RetrievalSet:
     @classmethod
     def from_records(cls, records: Sequence[PersonRecord], captions: str = "all") -> RetrievalSet:
         """Every image is in the gallery; its captions (all, or the first two) are queries."""
-        if captions not in ("all", "first_two"):
-            raise ValueError(f"eval captions protocol must be 'all' or 'first_two', got {captions!r}")
+        if captions not in CAPTION_PROTOCOLS:
+            raise ValueError(f"eval captions protocol must be one of {list(CAPTION_PROTOCOLS)}, got {captions!r}")
         if not records:
             raise ValueError("no records for this split: nothing to evaluate")
-        keep = None if captions == "all" else 2
+        keep = CAPTION_PROTOCOLS[captions]
         texts, pids, owner = [], [], []
         for i, record in enumerate(records):
             for caption in record.captions[:keep]:

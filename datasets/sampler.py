@@ -22,10 +22,14 @@ class TrainSampler(Sampler):
             people with k items each (people with fewer than k items are sampled with repetition).
         seed: base seed; the epoch's order uses ``seed + epoch``.
         rank, world_size: this process's shard; each global batch is split into ``world_size`` equal parts.
+        accumulate_steps: micro-batches per optimisation step; an epoch holds a whole number of steps, so
+            no micro-batch gradient is left over to leak into the next epoch's first step.
+
+    ``global_batch_size`` here is the batch of one forward pass over all ranks (one micro-batch each).
     """
 
     def __init__(self, labels: Sequence[int], global_batch_size: int, instances_per_id: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, accumulate_steps: int = 1):
         if global_batch_size % world_size:
             raise ValueError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
         if instances_per_id and global_batch_size % instances_per_id:
@@ -39,9 +43,11 @@ class TrainSampler(Sampler):
         order = torch.argsort(self.labels, stable=True)
         counts = torch.unique_consecutive(self.labels[order], return_counts=True)[1]
         self.items_by_person = list(torch.split(order, counts.tolist()))
-        self.batches_per_epoch = len(self._global_order(0)) // global_batch_size
+        full_batches = len(self._global_order(0)) // global_batch_size
+        self.batches_per_epoch = full_batches - full_batches % accumulate_steps
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{len(self.labels)} training items make no full batch of {global_batch_size}")
+            raise ValueError(f"{len(self.labels)} training items make no full step of {accumulate_steps} x "
+                             f"{global_batch_size} pairs")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Selects the epoch's order and the first batch to yield (for resuming mid-epoch)."""

@@ -1,8 +1,10 @@
 """Image transforms of the reference recipe: PIL image → normalised float tensor (3, H, W).
 
-Train: to RGB → Resize (bicubic) → RandomHorizontalFlip → Pad → RandomCrop → ToTensor → Normalize → RandomErasing.
-Eval:  to RGB → Resize (bicubic) → ToTensor → Normalize.
-Normalisation uses CLIP's per-channel statistics: x ← (x − mean) / std with x in [0, 1].
+Train: to RGB → Resize → RandomHorizontalFlip → Pad → RandomCrop → ToTensor → Normalize → RandomErasing.
+Eval:  to RGB → Resize → ToTensor → Normalize.
+Normalisation uses CLIP's per-channel statistics: x ← (x − mean) / std with x in [0, 1]. The reference
+resizes bilinearly and fills erased boxes with the CLIP mean values themselves, written into the already
+normalised tensor (so the box is not black but ≈ (0.48, 0.46, 0.41) in normalised units).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from torchvision import transforms as T
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ERASING_SCALE = (0.02, 0.4)
+RESIZE_MODES = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+ERASING_FILLS = {"mean": CLIP_MEAN, "zero": 0}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -23,7 +27,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool = True, pad: int = 10,
-                          erasing: float = 0.5) -> Callable[[Image.Image], torch.Tensor]:
+                          erasing: float = 0.5, resize: str = "bilinear",
+                          erasing_fill: str = "mean") -> Callable[[Image.Image], torch.Tensor]:
     """Builds the train or eval image transform.
 
     Args:
@@ -33,6 +38,8 @@ def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool =
         pad: train only: pixels of zero padding on each side before the random crop back to
             ``image_size``; 0 disables pad and crop.
         erasing: train only: probability of random erasing (scale 0.02–0.4 of the area); 0 disables it.
+        resize: ``"bilinear"`` (reference) or ``"bicubic"`` interpolation of the resize.
+        erasing_fill: ``"mean"`` (reference: the CLIP mean values) or ``"zero"`` for erased boxes.
 
     Returns:
         A picklable callable mapping a PIL image (any mode) to a float tensor of shape (3, H, W).
@@ -44,13 +51,16 @@ def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool =
         raise ValueError(f"pad must be >= 0, got {pad}")
     if not 0.0 <= erasing <= 1.0:
         raise ValueError(f"erasing must be a probability in [0, 1], got {erasing}")
+    if resize not in RESIZE_MODES or erasing_fill not in ERASING_FILLS:
+        raise ValueError(f"resize must be one of {list(RESIZE_MODES)} and erasing_fill one of "
+                         f"{list(ERASING_FILLS)}, got {resize!r} and {erasing_fill!r}")
 
-    steps: list[Callable] = [T.Lambda(to_rgb), T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
+    steps: list[Callable] = [T.Lambda(to_rgb), T.Resize((height, width), interpolation=RESIZE_MODES[resize])]
     if train and flip:
         steps.append(T.RandomHorizontalFlip(p=0.5))
     if train and pad > 0:
         steps += [T.Pad(pad), T.RandomCrop((height, width))]
     steps += [T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)]
     if train and erasing > 0:
-        steps.append(T.RandomErasing(p=erasing, scale=ERASING_SCALE))
+        steps.append(T.RandomErasing(p=erasing, scale=ERASING_SCALE, value=ERASING_FILLS[erasing_fill]))
     return T.Compose(steps)

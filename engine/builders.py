@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import torch
 
+from datasets.ara_masking import pack_candidate_groups
 from datasets.attributes import attribute_candidates, build_tagger
 from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
@@ -17,11 +17,11 @@ from datasets.synthetic.fresh import FreshRenders
 from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
-from models.cada import CADA, ObjectiveSettings
+from models.cada import CADA
 from models.checkpoint_import import load_pretrained
-from models.losses.ara import mask_attribute_tokens, pack_candidate_groups
 from models.registry import get_model_spec
 from utils.config import Config
+from utils.errors import ConfigError, DataError
 from utils.dist import barrier, is_main_process
 
 log = logging.getLogger(__name__)
@@ -53,29 +53,35 @@ def check_synthetic_matches(folder: Path, config: Config) -> None:
     differing = {k: (written.get(k), v) for k, v in wanted.items() if written.get(k) != v}
     if differing:
         details = ", ".join(f"{k}: folder has {have}, config wants {want}" for k, (have, want) in differing.items())
-        raise ValueError(f"{folder} was generated with other settings ({details}); delete the folder to "
+        raise DataError(f"{folder} was generated with other settings ({details}); delete the folder to "
                          f"regenerate it, or point data.root elsewhere")
 
 
-def objective_settings(config: Config) -> ObjectiveSettings:
-    loss = config.loss
-    weights = {"global": loss.global_.weight, "itm": loss.itm.weight, "atp": loss.atp.weight, "ara": loss.ara.weight}
-    return ObjectiveSettings(
-        losses=tuple(name for name, weight in weights.items() if weight > 0),
-        global_scale=loss.global_.scale,
-        global_terms=(loss.global_.forward_kl, loss.global_.reverse_kl, loss.global_.cross_entropy),
-        itm_negatives=loss.itm.negatives, itm_temperature=loss.itm.temperature,
-        atp_mode=loss.atp.mode, atp_groups=loss.atp.groups, atp_mask_padding=loss.atp.mask_padding)
+def micro_batch_size(config: Config, world_size: int) -> int:
+    """Pairs per process and forward pass: global batch / (processes x accumulation steps).
 
-
-def loss_weights(config: Config) -> dict[str, float]:
-    loss = config.loss
-    return {"global": loss.global_.weight, "itm": loss.itm.weight, "atp": loss.atp.weight, "ara": loss.ara.weight}
+    Raises ConfigError when that does not divide; warns when accumulation draws the in-batch negatives
+    (global loss, ITM hard negatives) from smaller batches than the reference's.
+    """
+    data, accumulate = config.data, config.train.accumulate_steps
+    parts = world_size * accumulate
+    if data.global_batch_size % parts:
+        raise ConfigError(f"data.global_batch_size {data.global_batch_size} does not split over {world_size} "
+                          f"process(es) x {accumulate} accumulation step(s); choose a multiple of {parts}")
+    micro = data.global_batch_size // parts
+    if data.instances_per_id and (micro * world_size) % data.instances_per_id:
+        raise ConfigError(f"data.instances_per_id {data.instances_per_id} does not divide the {micro * world_size} "
+                          f"pairs of one forward pass over all processes")
+    if accumulate > 1:
+        log.warning("train.accumulate_steps=%d: the global loss and the ITM hard negatives see %d pairs per "
+                    "forward pass, not the global batch of %d (results differ from the reference recipe)",
+                    accumulate, micro * world_size, data.global_batch_size)
+    return micro
 
 
 def build_model(config: Config, load_weights: bool = True, weights: str | Path | None = None) -> CADA:
     """Builds the model and loads ``weights`` (default ``model.pretrained``: BLIP, CADA or our checkpoints)."""
-    model = CADA(get_model_spec(config.model.name), tuple(config.model.image_size), objective_settings(config),
+    model = CADA(get_model_spec(config.model.name), tuple(config.model.image_size), config.loss,
                  decoder_causal=config.model.decoder_causal, grad_checkpointing=config.train.grad_checkpointing)
     path = weights or config.model.pretrained
     if load_weights and path:
@@ -85,22 +91,24 @@ def build_model(config: Config, load_weights: bool = True, weights: str | Path |
 
 def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> TrainPairs:
     data = config.data
-    transform = build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip, pad=data.pad,
-                                      erasing=data.erasing)
-    groups, mask_fn = None, None
+    groups = None
     if config.loss.ara.weight > 0:
         tagger = build_tagger(data.attribute_tagger)
-        captions = [c for r in records for c in r.captions]
-        candidates = [attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
-                                           max_len=config.model.max_text_len) for c in captions]
-        groups = pack_candidate_groups(candidates, config.model.max_text_len)
-        mask_fn = partial(mask_attribute_tokens, prob=config.loss.ara.prob)
+
+        def groups(captions: list[str]):
+            return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
+                                                               max_len=config.model.max_text_len) for c in captions],
+                                         config.model.max_text_len)
     render = None
     if data.synthetic_fresh_renders:
         if data.dataset != "synthetic":
             raise ValueError(f"data.synthetic_fresh_renders needs data.dataset: synthetic, got {data.dataset!r}")
         render = FreshRenders(dataset_dir(data.dataset, data.root))
-    return TrainPairs(records, transform, tokenizer, config.model.max_text_len, groups, mask_fn, render)
+    return TrainPairs(records, build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip,
+                                                     pad=data.pad, erasing=data.erasing, resize=data.resize,
+                                                     erasing_fill=data.erasing_fill),
+                      tokenizer, config.model.max_text_len, captions=data.train_captions, candidate_groups=groups,
+                      mask_prob=config.loss.ara.prob, render=render)
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:
@@ -108,7 +116,7 @@ def build_retrieval_set(config: Config, records: list[PersonRecord]) -> Retrieva
 
 
 def build_eval_transform(config: Config):
-    return build_image_transform(tuple(config.model.image_size), train=False)
+    return build_image_transform(tuple(config.model.image_size), train=False, resize=config.data.resize)
 
 
 def is_norm_bias_or_embedding(name: str, param: torch.nn.Parameter) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 from datasets.registry import dataset_dir
 from datasets.synthetic.oracle import oracle_metrics
 from engine import builders
-from engine.evaluator import EvalOptions, evaluate
+from engine.evaluator import evaluate
 from engine.results import write_results
 from engine.visualize import check_selection, select_queries, write_query_grids
 from utils.checkpoint import load_checkpoint
@@ -18,19 +18,14 @@ from utils.run_log import setup_logging
 log = logging.getLogger(__name__)
 
 
-def eval_options(config: Config) -> EvalOptions:
-    e = config.eval
-    return EvalOptions(e.batch_size, e.k_test, e.rerank, e.chunk_size, e.rerank_batch_queries, e.rerank_logit_weight,
-                       e.image_tokens_dtype, e.image_tokens_device, config.model.max_text_len, e.image_to_text)
-
-
 def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
     """Evaluates ``model`` on ``eval.split``; writes ``results.json``, per-query CSVs and (``eval.visualize``) grids."""
     dataset = builders.build_retrieval_set(config, splits[config.eval.split])
     pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"
     if pictures:
         check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
-    results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), eval_options(config), device)
+    results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
+                       config.model.max_text_len)
     if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
         results["oracle"] = oracle_metrics(dataset_dir(config.data.dataset, config.data.root), dataset)
     if is_main_process():

@@ -7,15 +7,14 @@ ranks under torchrun; the gallery is encoded once (sharded) and gathered.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.person_search import GalleryImages, RetrievalSet
 from datasets.tokenization import encode
-from utils.vocab import ENC_ID
+from utils.config_schema import EvalConfig
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 from engine.rerank import rerank
 from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize
@@ -25,19 +24,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class EvalOptions:
-    batch_size: int = 64
-    k_test: int = 16
-    rerank: bool = True
-    chunk_size: int = 448
-    rerank_batch_queries: int = 16
-    rerank_logit_weight: float = 1.0
-    image_tokens_dtype: str = "float32"
-    image_tokens_device: str = "auto"
-    max_text_len: int = 73
-    image_to_text: bool = False
-    keep_top: int = 10  # top gallery indices kept per query (pictures, error analysis)
+KEEP_TOP = 10  # top gallery indices kept per query (pictures, error analysis)
 
 
 def shard_bounds(total: int, world: int) -> list[int]:
@@ -46,24 +33,24 @@ def shard_bounds(total: int, world: int) -> list[int]:
 
 
 @torch.no_grad()
-def encode_gallery(model, paths, transform, options: EvalOptions, device: torch.device):
+def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.device):
     """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D).
 
     Under torchrun each rank encodes its shard of the gallery and the shards are gathered once.
     """
-    tokens_device = device if options.image_tokens_device == "auto" else torch.device(options.image_tokens_device)
+    tokens_device = device if settings.image_tokens_device == "auto" else torch.device(settings.image_tokens_device)
     bounds = shard_bounds(len(paths), get_world_size())
     local_paths = list(paths)[bounds[get_rank()]:bounds[get_rank() + 1]]
-    loader = DataLoader(GalleryImages(local_paths, transform), batch_size=options.batch_size, num_workers=2,
+    loader = DataLoader(GalleryImages(local_paths, transform), batch_size=settings.batch_size, num_workers=2,
                         generator=torch.Generator())  # leaves the global RNG alone (exact resume)
     features, tokens = [], []
     for images in tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False):
         embeds = model.encode_image(images.to(device))  # (b, 1+N, D)
         features.append(model.image_features(embeds).float().cpu())
-        if options.rerank:
-            tokens.append(embeds.to(tokens_device, DTYPES[options.image_tokens_dtype]))
+        if settings.rerank:
+            tokens.append(embeds.to(tokens_device, DTYPES[settings.image_tokens_dtype]))
     features = torch.cat([shard for shard in all_gather_object(torch.cat(features))]).to(device)
-    if not options.rerank:
+    if not settings.rerank:
         return features, None
     tokens = torch.cat(tokens)
     if get_world_size() > 1:
@@ -72,46 +59,51 @@ def encode_gallery(model, paths, transform, options: EvalOptions, device: torch.
 
 
 @torch.no_grad()
-def encode_queries(model, tokenizer, texts: list[str], options: EvalOptions, device: torch.device):
+def encode_queries(model, tokenizer, texts: list[str], max_text_len: int, batch_size: int, device: torch.device):
     """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L)."""
-    ids, mask = encode(tokenizer, texts, options.max_text_len)
-    features = [model.text_features(model.encode_text(ids[i:i + options.batch_size].to(device),
-                                                      mask[i:i + options.batch_size].to(device))).float()
-                for i in range(0, len(texts), options.batch_size)]
+    ids, mask = encode(tokenizer, texts, max_text_len)
+    features = [model.text_features(model.encode_text(ids[i:i + batch_size].to(device),
+                                                      mask[i:i + batch_size].to(device))).float()
+                for i in range(0, len(texts), batch_size)]
     return torch.cat(features), ids, mask
 
 
 @torch.no_grad()
-def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOptions,
-             device: torch.device) -> dict:
-    """Both stages' R1/R5/R10/mAP/mINP (percent), the chance R1 and per-query first-positive ranks."""
+def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalConfig, device: torch.device,
+             max_text_len: int = MAX_TEXT_LEN) -> dict:
+    """Both stages' R1/R5/R10/mAP/mINP (percent), the chance R1 and per-query first-positive ranks.
+
+    Args:
+        settings: the config's ``eval`` section.
+        max_text_len: the model's text length (``model.max_text_len``).
+    """
     model.eval()
-    image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, options, device)
+    image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, settings, device)
     # this rank's queries: a contiguous shard, so gathered results keep query order
     rank, world = get_rank(), get_world_size()
     bounds = shard_bounds(len(dataset.query_texts), world)
     texts = dataset.query_texts[bounds[rank]:bounds[rank + 1]]
     query_pids = dataset.query_pids[bounds[rank]:bounds[rank + 1]]
-    text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, settings.batch_size, device)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, options.rerank_logit_weight)
-                    if options.rerank else None)
+    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, settings.rerank_logit_weight)
+                    if settings.rerank else None)
     stages = {"global": RetrievalMetrics()}
-    if options.rerank:
+    if settings.rerank:
         stages["reranked"] = RetrievalMetrics()
     shown = {name: [] for name in stages}  # per chunk: top-n gallery indices and their scores
 
-    for start, scores in iter_similarity_chunks(text_feats, image_feats, options.chunk_size):
+    for start, scores in iter_similarity_chunks(text_feats, image_feats, settings.chunk_size):
         chunk_pids = query_pids[start:start + scores.shape[0]]
         stages["global"].update(scores, chunk_pids, gallery_pids)
-        shown["global"].append(top_n(scores, scores, options.keep_top))
-        if options.rerank:
-            reranked = rerank(scores, options.k_test, match_logits, query_offset=start,
-                              batch_queries=options.rerank_batch_queries)
+        shown["global"].append(top_n(scores, scores, KEEP_TOP))
+        if settings.rerank:
+            reranked = rerank(scores, settings.k_test, match_logits, query_offset=start,
+                              batch_queries=settings.rerank_batch_queries)
             stages["reranked"].update(reranked.scores, chunk_pids, gallery_pids)
             combined = scores.scatter_add(1, reranked.candidate_indices, reranked.candidate_logits)  # cos + logit
-            shown["reranked"].append(top_n(reranked.scores, combined, options.keep_top))
+            shown["reranked"].append(top_n(reranked.scores, combined, KEEP_TOP))
         del scores
 
     results = {"chance_r1": chance_r1(dataset.query_pids, gallery_pids), "num_queries": len(dataset.query_texts),
@@ -123,8 +115,8 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, options: EvalOp
         per_query = {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
         results[name] = summarize(per_query)
         results[name + "_per_query"] = per_query
-    if options.image_to_text:
-        results["image_to_text"] = image_to_text_metrics(image_feats, text_feats, dataset, options.chunk_size)
+    if settings.image_to_text:
+        results["image_to_text"] = image_to_text_metrics(image_feats, text_feats, dataset, settings.chunk_size)
     return results
 
 
@@ -143,8 +135,9 @@ def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch
     def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
         n, k = gallery_index.shape
         tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device, model_dtype)
-        return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k) * weight
+        logits = model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
+                                      mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens)
+        return weight * logits.view(n, k)
     return match_logits
 
 

@@ -16,10 +16,10 @@ import torch
 
 from datasets.person_search import load_rgb
 from datasets.records import clean_caption
-from utils.vocab import ENC_ID
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 from engine import builders
 from engine.evaluation_run import resolve_config
-from engine.evaluator import EvalOptions, encode_queries, itm_scorer, top_n
+from engine.evaluator import encode_queries, itm_scorer, top_n
 from engine.folder_index import FolderIndex, index_folder, index_key
 from engine.rerank import rerank
 from engine.results import file_hash
@@ -78,7 +78,7 @@ def clean_queries(queries: Sequence[str]) -> list[str]:
 
 @torch.no_grad()
 def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: int = 10, k_test: int = 16,
-           use_rerank: bool = True, max_text_len: int = 73, device: str | torch.device = "cpu",
+           use_rerank: bool = True, max_text_len: int = MAX_TEXT_LEN, device: str | torch.device = "cpu",
            batch_size: int = 64) -> list[QueryResult]:
     """Ranks the indexed images for each query.
 
@@ -95,8 +95,7 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
         batch_size: queries per text-encoder pass and per ITM batch.
     """
     texts = clean_queries(queries)
-    options = EvalOptions(batch_size=batch_size, k_test=k_test, rerank=use_rerank, max_text_len=max_text_len)
-    text_feats, ids, mask = encode_queries(model, tokenizer, texts, options, device)  # (Q, E), (Q, L), (Q, L)
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device)  # (Q, E), (Q, L), (Q, L)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     match_logits = itm_scorer(model, ids, mask, index.image_tokens, device)
 

@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from datasets.sampler import TrainSampler
 from engine import builders
-from engine.evaluation_run import eval_options, run_test
+from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import linear_ramp, warmup_cosine_factor
+from utils.schedule import linear_ramp, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,23 @@ def train(config: Config) -> dict:
     splits = builders.load_splits(config)
     tokenizer = builders.tokenizer_for(config)
     train_set = builders.build_train_set(config, splits["train"], tokenizer)
-    world = get_world_size()
-    sampler = TrainSampler(train_set.labels, config.data.batch_size * world, config.data.instances_per_id,
-                           config.train.seed, get_rank(), world)
-    loader = DataLoader(train_set, batch_size=config.data.batch_size, sampler=sampler,
+    world, accumulate = get_world_size(), config.train.accumulate_steps
+    micro_batch = builders.micro_batch_size(config, world)
+    sampler = TrainSampler(train_set.labels, micro_batch * world, config.data.instances_per_id,
+                           config.train.seed, get_rank(), world, accumulate)
+    log.info("global batch %d = %d process(es) x %d accumulation step(s) x %d pairs", config.data.global_batch_size,
+             world, accumulate, micro_batch)
+    loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
                         num_workers=config.data.num_workers, persistent_workers=False, drop_last=True,
                         generator=torch.Generator())  # own generator: the loader must not consume the global RNG
     model = builders.build_model(config).to(device)
     optimizer = builders.build_optimizer(config, model)
-    steps_per_epoch = sampler.batches_per_epoch // config.train.accumulate_steps
-    total_steps = steps_per_epoch * config.train.epochs
-    min_ratio = config.optim.min_lr / config.optim.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(
-        step, total_steps, config.optim.warmup_steps, min_ratio))
+    steps_per_epoch = sampler.batches_per_epoch // accumulate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+        step, steps_per_epoch, config.train.epochs, config.optim.schedule, config.optim.warmup_steps,
+        config.optim.min_lr / config.optim.lr))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
-    weights = builders.loss_weights(config)
+    weights = config.loss.weights()
     state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": float("-inf"), "best_epoch": -1}
 
     checkpoint_path = resume_path(config, output_dir)
@@ -119,9 +121,9 @@ def train(config: Config) -> dict:
             ramp = linear_ramp(state["step"], config.loss.local_warmup_steps)
             total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
                         for name, value in losses.items())
-            scaler.scale(total / config.train.accumulate_steps).backward()
+            scaler.scale(total / accumulate).backward()
             state["batch"] += 1
-            if state["batch"] % config.train.accumulate_steps:
+            if state["batch"] % accumulate:
                 continue
             if config.train.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
@@ -131,7 +133,7 @@ def train(config: Config) -> dict:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
-            rate = config.data.batch_size * world * (state["batch"] - bar.initial) / (time.time() - started)
+            rate = micro_batch * world * (state["batch"] - bar.initial) / (time.time() - started)
             bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
             if state["step"] % config.train.log_every == 0:
                 writer.write({"epoch": epoch, "loss": total.item(), "lr": scheduler.get_last_lr()[0],
@@ -140,17 +142,19 @@ def train(config: Config) -> dict:
             if config.train.save_every_steps and state["step"] % config.train.save_every_steps == 0:
                 save("last.pth")
         state["epoch"], state["batch"] = epoch + 1, 0
+        select_last = val_set is None or config.train.select_metric == "last"
         if val_set is not None and (state["epoch"] % config.train.eval_every == 0
                                     or state["epoch"] == config.train.epochs):
-            results = evaluate(model, val_set, tokenizer, eval_transform, eval_options(config), device)
+            results = evaluate(model, val_set, tokenizer, eval_transform, config.eval, device,
+                               config.model.max_text_len)
             stage = "reranked" if config.eval.rerank else "global"
-            metric = results[stage][config.train.select_metric]
             log.info("epoch %d val %s: %s", state["epoch"], stage, _format(results[stage]))
             writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, state["step"], "val/")
-            if metric > state["best_metric"]:
+            metric = selection_value(results[stage], config.train.select_metric)
+            if not select_last and metric > state["best_metric"]:
                 state["best_metric"], state["best_epoch"] = metric, state["epoch"]
                 save("best.pth")
-        elif val_set is None:
+        if select_last:
             state["best_epoch"] = state["epoch"]
             save("best.pth")
         save("last.pth")
@@ -160,6 +164,13 @@ def train(config: Config) -> dict:
     best = load_checkpoint(output_dir / "best.pth")
     model.load_state_dict(best["model"])
     return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth")
+
+
+def selection_value(metrics: dict, name: str) -> float:
+    """The val number that picks best.pth: one metric, or ``r_mean`` = (R1 + R5 + R10) / 3 (the reference)."""
+    if name == "r_mean":
+        return (metrics["R1"] + metrics["R5"] + metrics["R10"]) / 3
+    return metrics.get(name, float("nan"))
 
 
 def _format(metrics: dict) -> str:

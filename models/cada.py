@@ -7,48 +7,37 @@ words predicted by the image-conditioned decoder). Weights are applied by the ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from utils.vocab import ENC_ID
 from models.cada_backbone import CADABackbone
 from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
 from models.registry import ModelSpec
+from utils.config_schema import LossConfig
 from utils.dist import all_gather_no_grad, all_gather_with_grad
-
-
-@dataclass(frozen=True)
-class ObjectiveSettings:
-    """What the model computes in training; loss weights stay with the caller."""
-
-    losses: tuple[str, ...] = ("global", "itm", "atp", "ara")
-    global_scale: float = 50.0
-    global_terms: tuple[float, float, float] = (1.0, 1.0, 1.0)  # forward KL, reverse KL, CE
-    itm_negatives: str = "argmax"
-    itm_temperature: float = 0.07
-    atp_mode: str = "reference"
-    atp_groups: int = 2
-    atp_mask_padding: bool = False
+from utils.vocab import ENC_ID, IGNORE_INDEX
 
 
 class CADA(CADABackbone):
-    """The CADA model. ``forward(batch)`` returns ``{name: scalar loss}`` for the enabled losses."""
+    """The CADA model. ``forward(batch)`` returns ``{name: scalar loss}`` for the enabled losses.
 
-    def __init__(self, spec: ModelSpec, image_size: tuple[int, int], objective: ObjectiveSettings = ObjectiveSettings(),
+    Args:
+        spec: module sizes (see :mod:`models.registry`).
+        image_size: (H, W) of input images.
+        objective: the ``loss`` section of the config; a term is computed when its weight is positive
+            (the weights themselves are applied by the caller).
+        decoder_causal, grad_checkpointing: as for :class:`CADABackbone`.
+    """
+
+    def __init__(self, spec: ModelSpec, image_size: tuple[int, int], objective: LossConfig | None = None,
                  decoder_causal: bool = True, grad_checkpointing: bool = False):
         super().__init__(spec, image_size, decoder_causal=decoder_causal, grad_checkpointing=grad_checkpointing)
-        unknown = set(objective.losses) - {"global", "itm", "atp", "ara"}
-        if unknown:
-            raise ValueError(f"unknown losses {sorted(unknown)}; known: global, itm, atp, ara")
-        if objective.atp_mode not in ("reference", "adaptive"):
-            raise ValueError(f"atp mode must be 'reference' or 'adaptive', got {objective.atp_mode!r}")
-        self.objective = objective
-        if "atp" in objective.losses and objective.atp_mode == "adaptive":
+        self.objective = objective or LossConfig()
+        self.losses = self.objective.enabled()
+        if "atp" in self.losses and self.objective.atp.mode == "adaptive":
             self.adaptive_atp = AdaptiveATP(spec.text_width)
 
     def new_parameter_prefixes(self) -> tuple[str, ...]:
@@ -56,7 +45,7 @@ class CADA(CADABackbone):
         return ("itm_local_head.", "adaptive_atp.")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        settings, wanted = self.objective, set(self.objective.losses)
+        settings, wanted = self.objective, set(self.losses)
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["label"]
         image_embeds = self.encode_image(batch["image"])  # (b, 1+N, Dv)
         image_proj = self.project_image(image_embeds)  # (b, 256) unnormalised
@@ -67,7 +56,8 @@ class CADA(CADABackbone):
             losses["global"] = global_alignment_loss(
                 all_gather_with_grad(F.normalize(image_proj, dim=-1)),
                 all_gather_with_grad(F.normalize(text_proj, dim=-1)),
-                labels_all, scale=settings.global_scale, weights=settings.global_terms)
+                labels_all, scale=settings.global_.scale,
+                weights=(settings.global_.forward_kl, settings.global_.reverse_kl, settings.global_.cross_entropy))
         if wanted & {"itm", "atp"}:
             losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj))
         if "ara" in wanted:
@@ -82,9 +72,9 @@ class CADA(CADABackbone):
         enc_ids[:, 0] = ENC_ID
         with torch.no_grad():
             sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, all_gather_no_grad(image_proj),
-                                                all_gather_no_grad(text_proj), settings.itm_temperature)  # (b, B)
+                                                all_gather_no_grad(text_proj), settings.itm.temperature)  # (b, B)
             neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels_all,
-                                                        mode=settings.itm_negatives)
+                                                        mode=settings.itm.negatives)
         image_embeds_all = all_gather_with_grad(image_embeds)  # (B, 1+N, Dv), gradients reach the owner
         ids_all, mask_all = all_gather_no_grad(enc_ids), all_gather_no_grad(mask)
         # negatives: each text with its hardest image, then each image with its hardest text
@@ -96,23 +86,24 @@ class CADA(CADABackbone):
         fused_mask = torch.cat([mask, neg_mask])
         is_match = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(ids.device)
         losses = {}
-        if "itm" in settings.losses:
+        if "itm" in self.losses:
             logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
             losses["itm"] = itm_loss(logits[:b], logits[b:])
-        if "atp" in settings.losses:
-            groups, valid = atp_group_features(fused, fused_mask, mode=settings.atp_mode, groups=settings.atp_groups,
-                                               mask_padding=settings.atp_mask_padding)  # (3b, G, D), (3b, G)
-            if settings.atp_mode == "reference":
+        if "atp" in self.losses:
+            atp = settings.atp
+            groups, valid = atp_group_features(fused, fused_mask, mode=atp.mode, groups=atp.groups,
+                                               mask_padding=atp.mask_padding)  # (3b, G, D), (3b, G)
+            if atp.mode == "reference":
                 losses["atp"] = atp_loss_reference(self.itm_local_head(groups).float(), is_match,
-                                                   valid if settings.atp_mask_padding else None)
+                                                   valid if atp.mask_padding else None)
             else:
                 losses["atp"], _ = self.adaptive_atp(groups, valid, is_match, self.itm_local_head)
         return losses
 
     def _ara_loss(self, batch, image_embeds):
         """Predicts masked attribute words; the vocabulary projection runs on masked positions only."""
-        labels = batch["ara_labels"]  # (b, L), -100 where not masked
+        labels = batch["ara_labels"]  # (b, L), IGNORE_INDEX where not masked
         hidden = self.decoder_hidden(batch["ara_input_ids"], batch["attention_mask"], image_embeds)  # (b, L, D)
-        selected = labels != -100
+        selected = labels != IGNORE_INDEX
         logits = self.decoder_logits(hidden[selected])  # (M, V)
         return ara_loss(logits.float().unsqueeze(0), labels[selected].unsqueeze(0))

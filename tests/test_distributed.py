@@ -7,8 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import models.cada
-from models.cada import CADA, ObjectiveSettings
-from models.losses.ara import mask_attribute_tokens, pack_candidate_groups
+from models.cada import CADA
+from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from models.registry import get_model_spec
 from utils.dist import all_gather_with_grad, get_world_size, init_distributed
 
@@ -30,7 +30,7 @@ def global_batch() -> dict:
 
 def build_model() -> CADA:
     torch.manual_seed(0)
-    return CADA(get_model_spec("cada_tiny"), SIZE, ObjectiveSettings())
+    return CADA(get_model_spec("cada_tiny"), SIZE, None)
 
 
 def losses_and_grads(model: CADA, batch: dict) -> tuple[dict, dict]:
@@ -64,11 +64,12 @@ def evaluate_small_set(model, folder) -> dict:
 
     from datasets.tokenization import build_tokenizer
     from datasets.transforms import build_image_transform
-    from engine.evaluator import EvalOptions, evaluate
+    from engine.evaluator import evaluate
+    from utils.config import EvalConfig
     from tests.test_two_stage import make_set
 
     dataset = make_set(Path(folder))
-    options = EvalOptions(batch_size=4, k_test=4, chunk_size=5, rerank_batch_queries=3)
+    options = EvalConfig(batch_size=4, k_test=4, chunk_size=5, rerank_batch_queries=3)
     results = evaluate(model.eval(), dataset, build_tokenizer(), build_image_transform(SIZE, train=False), options,
                        torch.device("cpu"))
     return {key: results[key] for key in ("global", "reranked", "global_per_query", "reranked_per_query")}

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from models.losses.ara import ara_loss, mask_attribute_tokens, pack_candidate_groups
+from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
+from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives

@@ -13,7 +13,7 @@ from tests.conftest import tiny_overrides
 from utils.checkpoint import load_checkpoint, save_atomic
 
 RESUME_OVERRIDES = ["train.epochs=2", "train.save_every_steps=2", "loss.itm.negatives=multinomial",
-                    "data.synthetic_ids=30", "data.batch_size=8", "train.eval_every=1"]
+                    "data.synthetic_ids=30", "data.global_batch_size=8", "train.eval_every=1"]
 
 
 # One intra-op thread: torch's multi-threaded CPU kernels are not bitwise reproducible from one process to the

@@ -14,9 +14,10 @@ from datasets.synthetic.fresh import RENDER_STREAM, FreshRenders
 from datasets.synthetic.oracle import oracle_metrics, oracle_scores, stated_facts
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
-from engine.evaluator import EvalOptions, evaluate
+from engine.evaluator import evaluate
 from models.cada import CADA
 from models.registry import get_model_spec
+from utils.config import EvalConfig
 from utils.schedule import linear_ramp
 
 
@@ -109,8 +110,8 @@ def test_zero_logit_weight_keeps_the_cosine_ranking(dataset):
     model = CADA(get_model_spec("cada_tiny"), (64, 32)).eval()
     test = RetrievalSet.from_records([r for r in read_cuhk_pedes(dataset) if r.split == "test"])
     transform = build_image_transform((64, 32), train=False)
-    results = {w: evaluate(model, test, build_tokenizer(), transform, EvalOptions(k_test=5, rerank_logit_weight=w),
-                           torch.device("cpu")) for w in (0.0, 1.0, 2.0)}
+    results = {w: evaluate(model, test, build_tokenizer(), transform, EvalConfig(k_test=5, rerank_logit_weight=w),
+                           torch.device("cpu"), max_text_len=48) for w in (0.0, 1.0, 2.0)}
     zero = results[0.0]
     assert torch.equal(zero["reranked_per_query"]["first_positive_rank"],
                        zero["global_per_query"]["first_positive_rank"])

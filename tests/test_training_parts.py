@@ -5,22 +5,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from datasets.person_search import split_records
 from datasets.records import PersonRecord
 from engine.builders import build_model, build_optimizer
-from models.cada import CADA, ObjectiveSettings
-from models.losses.ara import mask_attribute_tokens, pack_candidate_groups
+from models.cada import CADA
 from models.registry import get_model_spec
 from utils.config import load_config
-from utils.schedule import warmup_cosine_factor
+from utils.schedule import lr_factor
 
 
-def test_warmup_then_cosine_by_hand():
-    assert [warmup_cosine_factor(s, 10, warmup_steps=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert warmup_cosine_factor(4, 10, 4) == 1.0  # cosine starts at the top
-    assert math.isclose(warmup_cosine_factor(7, 10, 4), 0.5)  # half-way through the 6 cosine steps
-    assert math.isclose(warmup_cosine_factor(10, 10, 4, min_ratio=0.1), 0.1)
-    assert warmup_cosine_factor(3, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+def test_per_step_warmup_then_cosine_by_hand():
+    def factor(step, total, warmup=0, min_ratio=0.0):
+        return lr_factor(step, total, 1, "cosine_per_step", warmup, min_ratio)
+    assert [factor(s, 10, warmup=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4, 10, 4) == 1.0  # cosine starts at the top
+    assert math.isclose(factor(7, 10, 4), 0.5)  # half-way through the 6 cosine steps
+    assert math.isclose(factor(10, 10, 4, min_ratio=0.1), 0.1)
+    assert factor(3, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
 
 
 def test_parameter_groups_weight_decay_and_new_head_lr():
@@ -66,7 +68,7 @@ def tiny_batch(b=6, length=12, size=(64, 32)):
 
 def make_model(grad_checkpointing=False):
     torch.manual_seed(0)
-    return CADA(get_model_spec("cada_tiny"), (64, 32), ObjectiveSettings(), grad_checkpointing=grad_checkpointing)
+    return CADA(get_model_spec("cada_tiny"), (64, 32), None, grad_checkpointing=grad_checkpointing)
 
 
 def test_gradient_checkpointing_same_losses_and_gradients():

@@ -7,7 +7,8 @@ from datasets.records import PersonRecord
 from datasets.tokenization import build_tokenizer, encode
 from utils.vocab import ENC_ID
 from datasets.transforms import build_image_transform
-from engine.evaluator import EvalOptions, evaluate
+from engine.evaluator import evaluate
+from utils.config import EvalConfig
 from models.cada import CADA
 from models.registry import get_model_spec
 from utils.metrics import retrieval_metrics
@@ -56,7 +57,7 @@ def test_batched_two_stage_equals_per_query_reference(tmp_path):
     dataset, tokenizer = make_set(tmp_path), build_tokenizer()
     transform = build_image_transform(SIZE, train=False)
     k = 5
-    options = EvalOptions(batch_size=5, k_test=k, chunk_size=7, rerank_batch_queries=3)
+    options = EvalConfig(batch_size=5, k_test=k, chunk_size=7, rerank_batch_queries=3)
     results = evaluate(model, dataset, tokenizer, transform, options, torch.device("cpu"))
 
     global_scores, final_orders = slow_two_stage(model, dataset, tokenizer, transform, k)

@@ -1,9 +1,10 @@
-"""One typed config tree, loaded strictly from YAML.
+"""Loading the typed config tree (utils/config_schema.py) strictly from YAML.
 
 A YAML file may start with ``_base_: other.yaml`` (or a list of files, merged in order, paths relative to
 the file): it then holds only what differs. Command-line overrides ``section.key=value`` are merged last.
-Unknown keys and wrong types are errors that name the key, the file it came from and the valid keys.
-String values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment (data roots, weights).
+Unknown keys, wrong types, values outside a ``Literal``'s list or a ``Range`` and YAML syntax errors are
+errors that name the key and the file it came from. String values may use ``${VAR}`` or ``${VAR:-default}``
+to read the environment (data roots, weights).
 """
 from __future__ import annotations
 
@@ -13,139 +14,18 @@ import io
 import os
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from utils.config_schema import (  # noqa: F401  (re-exported: the config tree is used through this module)
+    ARALossConfig, ATPLossConfig, Config, DataConfig, EvalConfig, GlobalLossConfig, ITMLossConfig, LossConfig,
+    ModelConfig, OptimConfig, Range, TrainConfig)
 from utils.errors import ConfigError
 
-
-@dataclass
-class ModelConfig:
-    name: str = "cada_base"  # key of models.registry.MODELS
-    image_size: list[int] = field(default_factory=lambda: [384, 128])  # (H, W), divisible by the patch
-    pretrained: str = ""  # BLIP model_base.pth or a CADA checkpoint; "" = random init
-    tokenizer: str = ""  # folder or vocab.txt of another BERT tokenizer; "" = the bundled one
-    max_text_len: int = 73
-    decoder_causal: bool = True  # reference: causal self-attention in the ARA decoder
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # cuhk_pedes | icfg_pedes | rstpreid | synthetic
-    root: str = "${CADA_DATA_ROOT:-data}"  # folder holding CUHK-PEDES/, ICFG-PEDES/, RSTPReid/
-    synthetic_ids: int = 600  # identities generated when the synthetic folder is missing
-    synthetic_images_per_id: int = 4
-    synthetic_seed: int = 0
-    synthetic_fresh_renders: bool = False  # synthetic only: draw each training photo anew per (epoch, sample)
-    val_from_train: float = 0.0  # fraction of training identities carved out as val (ICFG has no val)
-    val_seed: int = 0
-    batch_size: int = 24  # per process
-    instances_per_id: int = 0  # > 0: identity-balanced batches of batch_size / instances_per_id people
-    num_workers: int = 2
-    flip: bool = True
-    pad: int = 10
-    erasing: float = 0.5
-    eval_captions: str = "all"  # all | first_two (the reference's CUHK-PEDES protocol)
-    attribute_tagger: str = "auto"  # auto | textblob | lexicon | nltk
-
-
-@dataclass
-class GlobalLossConfig:
-    weight: float = 1.0
-    scale: float = 50.0
-    forward_kl: float = 1.0
-    reverse_kl: float = 1.0
-    cross_entropy: float = 1.0
-
-
-@dataclass
-class ITMLossConfig:
-    weight: float = 1.0
-    negatives: str = "argmax"  # argmax (reference) | multinomial (BLIP)
-    temperature: float = 0.07
-
-
-@dataclass
-class ATPLossConfig:
-    weight: float = 1.0
-    mode: str = "reference"  # reference | adaptive
-    groups: int = 2
-    mask_padding: bool = False
-
-
-@dataclass
-class ARALossConfig:
-    weight: float = 0.1
-    mode: str = "token"  # token | phrase
-    prob: float = 0.4
-
-
-@dataclass
-class LossConfig:
-    global_: GlobalLossConfig = field(default_factory=GlobalLossConfig, metadata={"key": "global"})
-    itm: ITMLossConfig = field(default_factory=ITMLossConfig)
-    atp: ATPLossConfig = field(default_factory=ATPLossConfig)
-    ara: ARALossConfig = field(default_factory=ARALossConfig)
-    local_warmup_steps: int = 0  # ITM and ATP weights ramp linearly from 0 over these steps (0 = full from the start)
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    decay_norm_and_bias: bool = True  # reference: weight decay on every parameter
-    new_head_lr_mult: float = 1.0  # lr multiplier for heads absent from the pre-trained weights
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    output_dir: str = "outputs/run"
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "off"  # off | bf16 | fp16
-    grad_checkpointing: bool = False
-    accumulate_steps: int = 1
-    clip_grad_norm: float = 0.0  # 0 = off
-    save_every_steps: int = 0  # 0 = only at the end of each epoch
-    resume: str = ""  # "" | auto | path to a checkpoint
-    log_every: int = 20
-    eval_every: int = 1  # epochs between val evaluations
-    select_metric: str = "R1"  # val metric that picks best.pth; ICFG without val: "last"
-
-
-@dataclass
-class EvalConfig:
-    split: str = "test"  # val | test
-    batch_size: int = 64
-    k_test: int = 16
-    rerank: bool = True
-    chunk_size: int = 448  # queries scored at once; bounds memory (see utils/metrics.py)
-    rerank_batch_queries: int = 16
-    rerank_logit_weight: float = 1.0  # stage 2 orders the top k by cos + weight * ITM logit
-    image_tokens_dtype: str = "float32"  # float32 | float16 | bfloat16
-    image_tokens_device: str = "auto"  # auto | cpu | cuda
-    image_to_text: bool = False
-    visualize: int = 0  # number of queries drawn as PNG grids
-    visualize_mode: str = "random"  # random | worst | ids
-    visualize_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 _ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -169,10 +49,25 @@ def _expand_env(text: str) -> str:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = YAML(typ="safe").load(path.read_text()) or {}
+    data = _parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """Parses YAML; syntax errors, tabs and duplicate keys become a ConfigError naming ``source`` and the line."""
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = (error.problem or error.context or "invalid YAML").strip()
+        if "\t" in text and "tab" not in problem:
+            problem += " (tabs cannot indent YAML; use spaces)"
+        raise ConfigError(f"invalid YAML in {source}{where}: {problem}") from None
+    except YAMLError as error:
+        raise ConfigError(f"invalid YAML in {source}: {str(error).splitlines()[0]}") from None
 
 
 def _merge(base: dict, update: dict, origin: dict, source: str, prefix: str = "") -> None:
@@ -202,8 +97,24 @@ def _load_raw(path: Path, origin: dict, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Returns ``value`` converted to ``hint`` (int → float allowed), or raises naming the key."""
+    """Returns ``value`` converted to ``hint`` (int → float allowed), or raises naming the key.
+
+    Handles ``list[...]``, ``Literal[...]`` (value must be one listed) and ``Annotated[..., Range]``.
+    """
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        value = _check_type(value, base, key, source)
+        for extra in extras:
+            if isinstance(extra, Range):
+                _check_range(value, extra, key, source)
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or isinstance(value, bool):
+            raise ConfigError(f"{key} (from {source}): got {value!r}, expected one of "
+                              f"{', '.join(map(str, allowed))}")
+        return value
     if origin is list:
         (item_hint,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -213,14 +124,23 @@ def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
         return float(value)
     if hint is str and isinstance(value, str):
         return _expand_env(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if not isinstance(value, hint) or (hint in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{key} (from {source}): expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
+def _check_range(value: float, bounds: Range, key: str, source: str) -> None:
+    too_low = bounds.low is not None and (value <= bounds.low if bounds.open_low else value < bounds.low)
+    too_high = bounds.high is not None and value > bounds.high
+    if too_low or too_high or value != value:  # value != value: NaN
+        low = "" if bounds.low is None else f"{'>' if bounds.open_low else '>='} {bounds.low:g}"
+        high = "" if bounds.high is None else f"<= {bounds.high:g}"
+        raise ConfigError(f"{key} (from {source}): got {value!r}, expected a value {' and '.join(filter(None, (low, high)))}")
+
+
 def _build(cls: type, raw: dict, origin: dict, prefix: str = "") -> Any:
     fields = {_yaml_key(f): f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     for key in raw:
         if key not in fields:
             dotted = f"{prefix}{key}"
@@ -246,7 +166,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, value = text.split("=", 1)
-    parsed = YAML(typ="safe").load(value) if value.strip() else ""
+    parsed = _parse_yaml(value, f"command line '{text}'") if value.strip() else ""
     return key.strip().split("."), parsed
 
 
@@ -264,7 +184,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     origin: dict[str, str] = {}
     raw = _load_raw(Path(path), origin)
     _apply_overrides(raw, origin, overrides)
-    return _build(Config, raw, origin)
+    return check_consistency(_build(Config, raw, origin), origin)
 
 
 def config_to_dict(config: Any) -> dict:
@@ -278,7 +198,32 @@ def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
     origin = {}
     raw = copy.deepcopy(raw)
     _apply_overrides(raw, origin, overrides)
-    return _build(Config, raw, origin)
+    return check_consistency(_build(Config, raw, origin), origin)
+
+
+def check_consistency(config: Config, origin: dict | None = None) -> Config:
+    """Checks what single-key types cannot: list lengths, device names and values that must agree."""
+    origin = origin or {}
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{key} (from {origin.get(key, 'defaults')}): {message}")
+
+    if len(config.model.image_size) != 2:
+        fail("model.image_size", f"expected [height, width], got {config.model.image_size}")
+    if len(config.optim.betas) != 2:
+        fail("optim.betas", f"expected two values [beta1, beta2], got {config.optim.betas}")
+    for key, device in (("train.device", config.train.device), ("eval.image_tokens_device",
+                                                                config.eval.image_tokens_device)):
+        if not DEVICE_PATTERN.fullmatch(device):
+            fail(key, f"got {device!r}, expected auto, cpu, cuda or cuda:N")
+    if config.optim.min_lr > config.optim.lr:
+        fail("optim.min_lr", f"{config.optim.min_lr:g} is above optim.lr {config.optim.lr:g}")
+    if config.data.instances_per_id and config.data.global_batch_size % config.data.instances_per_id:
+        fail("data.instances_per_id", f"{config.data.instances_per_id} does not divide data.global_batch_size "
+                                      f"{config.data.global_batch_size}")
+    if config.eval.visualize_mode == "ids" and not config.eval.visualize_ids:
+        fail("eval.visualize_ids", "eval.visualize_mode=ids needs a list of query indices")
+    return config
 
 
 def dump_config(config: Config, path: str | Path | None = None) -> str:

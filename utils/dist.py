@@ -11,6 +11,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from utils.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -32,12 +34,17 @@ def init_distributed(device: str = "auto") -> torch.device:
     """Joins the process group when launched by torchrun and returns this process's device.
 
     Args:
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` (this process's local GPU under torchrun)
+            or ``cuda:N`` (GPU N, single process).
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+        raise ConfigError(f"train.device={device} but no CUDA device is visible (use cpu or auto)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if ":" in device:
+        local_rank = int(device.split(":")[1])
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         if use_cuda:
             torch.cuda.set_device(local_rank)
