@@ -5,7 +5,8 @@ attributes, mentions}``; ``file_path`` relative to ``imgs/``, ``id`` 1-based, ``
 drawn and ``mentions`` the attribute kinds each caption describes, both ignored by the readers and used by
 :mod:`datasets.synthetic.oracle` and :mod:`datasets.synthetic.fresh`) and
 ``out_dir/imgs/<split>/pNNNNN_sKK.jpg``, plus ``generator.json`` with the generation parameters. Splits are by
-identity with increasing ids: train first, then val, then test. Everything is a function of the seed: the same arguments give byte-identical JSON and images.
+identity with increasing ids: train first, then val, then test. Everything is a function of the seed: the same
+arguments give byte-identical JSON and images.
 """
 from __future__ import annotations
 
