@@ -118,3 +118,21 @@ def test_zero_logit_weight_keeps_the_cosine_ranking(dataset):
     # weight 2 on the logits orders like weight 1 on cos/2 + logit: not the cosine order in general
     assert not torch.equal(results[2.0]["reranked_per_query"]["top_indices"],
                            zero["reranked_per_query"]["top_indices"])
+
+
+def test_results_json_and_table_carry_the_oracle(tmp_path):
+    from engine.results import write_results
+    from utils.config import load_config
+
+    checkpoint = tmp_path / "best.pth"
+    checkpoint.write_bytes(b"weights")
+    row = {"R1": 10.0, "R5": 20.0, "R10": 30.0, "mAP": 12.0, "mINP": 8.0}
+    oracle = {"R1": 98.0, "R5": 99.0, "R10": 100.0, "mAP": 98.5, "mINP": 98.7}
+    results = {"global": row, "chance_r1": 0.83, "num_queries": 960, "num_gallery": 480}
+    config = load_config("configs/synthetic.yaml")
+    record = json.loads(write_results({**results, "oracle": oracle}, config, checkpoint, tmp_path / "a").read_text())
+    assert record["oracle"] == oracle
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert "| oracle (true attributes) | 98.00 | 99.00 | 100.00 | 98.50 | 98.70 |" in table
+    record = json.loads(write_results(results, config, checkpoint, tmp_path / "b").read_text())
+    assert "oracle" not in record
