@@ -11,17 +11,19 @@ from pathlib import Path
 
 from engine.evaluation_run import run_evaluation
 from engine.results import compare_results
+from utils.cli import add_debug_flag, run_main
 from utils.dist import cleanup
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="our best.pth/last.pth, BLIP's model_base.pth or a CADA release")
     parser.add_argument("config", nargs="?", default=None, help="YAML config (default: the checkpoint's own)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. eval.split=val")
     parser.add_argument("--compare", nargs="+", metavar="RESULTS_JSON", help="tabulate these results.json files")
     parser.add_argument("--out", help="with --compare: also write the markdown table to this file")
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
     if args.compare:
         if args.checkpoint is not None:
             parser.error("--compare takes results.json files only, not a checkpoint")
@@ -44,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,9 +7,9 @@ The folder is indexed once per checkpoint (``DIR/.cada_index/``); later searches
 changed images. Prints each query's ranked images and draws them into a PNG grid.
 """
 import argparse
-import sys
 
 from engine.folder_search import format_results, read_queries_file, run_search
+from utils.cli import add_debug_flag, run_main
 from utils.run_log import setup_logging
 
 
@@ -27,17 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     parser.add_argument("--index-dir", help="where the index cache goes (default: GALLERY/.cada_index)")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images out (counted)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error("--topk must be >= 1")
     setup_logging()
-    try:
-        queries = args.query + (read_queries_file(args.queries_file) if args.queries_file else [])
-        if not queries:
-            parser.error("give --query TEXT and/or --queries-file FILE")
-        index, results, written = run_search(
-            args.checkpoint, args.gallery, queries, args.topk, args.config, args.device, args.batch_size,
-            args.workers, args.skip_bad_images, args.index_dir, args.out or None)
-    except (OSError, ValueError) as error:  # bad input: missing files, unreadable images, mismatched weights
-        sys.exit(f"error: {error}")
+    queries = args.query + (read_queries_file(args.queries_file) if args.queries_file else [])
+    if not queries:
+        parser.error("give --query TEXT and/or --queries-file FILE")
+    index, results, written = run_search(
+        args.checkpoint, args.gallery, queries, args.topk, args.config, args.device, args.batch_size,
+        args.workers, args.skip_bad_images, args.index_dir, args.out or None)
     print(format_results(results, index))
     if index.skipped:
         print(f"skipped {len(index.skipped)} unreadable image(s): {', '.join(index.skipped)}")
@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,15 +2,17 @@
 import argparse
 
 from engine.trainer import train
+from utils.cli import add_debug_flag, run_main
 from utils.config import load_config
 from utils.dist import cleanup
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("config", help="YAML config, e.g. configs/synthetic.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
     try:
         train(load_config(args.config, args.overrides))
     finally:
@@ -18,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,6 +13,7 @@ from engine.visualize import check_selection, select_queries, write_query_grids
 from utils.checkpoint import load_checkpoint
 from utils.config import Config, EvalConfig, config_from_dict, load_config
 from utils.dist import init_distributed, is_main_process
+from utils.errors import CheckpointError
 from utils.run_log import setup_logging
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: l
         return load_config(config_path, overrides)
     stored = load_checkpoint(checkpoint).get("config")
     if stored is None:
-        raise ValueError(f"{checkpoint} holds no config (a BLIP/CADA release?): give a config YAML for it")
+        raise CheckpointError(f"{checkpoint} holds no config (a BLIP/CADA release?): give a config YAML for it")
     return config_from_dict(stored, overrides)
 
 

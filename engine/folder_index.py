@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from datasets.person_search import load_rgb
 from utils.checkpoint import save_atomic
+from utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ INDEX_FORMAT = 1
 MAX_NAMED_FILES = 5
 
 
-class GalleryError(ValueError):
+class GalleryError(DataError):
     """A gallery folder that cannot be searched: no images, or images that cannot be decoded."""
 
 
@@ -82,12 +83,11 @@ def list_images(folder: str | Path) -> list[str]:
     """Relative POSIX paths of the images under ``folder``, sorted.
 
     Raises:
-        FileNotFoundError: ``folder`` is not a folder.
-        GalleryError: it holds no image file.
+        GalleryError: ``folder`` is not a folder, or it holds no image file.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"gallery folder not found: {folder}")
+        raise GalleryError(f"gallery folder not found: {folder}")
     found = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
                    if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
                    and not any(part.startswith(".") for part in path.relative_to(folder).parts))
@@ -180,8 +180,7 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
         index_dir: folder of the cache file (default ``<folder>/.cada_index``).
 
     Raises:
-        FileNotFoundError: ``folder`` does not exist.
-        GalleryError: no images; unreadable images without ``skip_bad_images`` (named; the readable ones are
+        GalleryError: ``folder`` does not exist; no images; unreadable images without ``skip_bad_images`` (named; the readable ones are
             still cached); or no readable image at all.
     """
     folder = Path(folder)

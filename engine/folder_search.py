@@ -20,10 +20,11 @@ from utils.vocab import ENC_ID, MAX_TEXT_LEN
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import encode_queries, itm_scorer, top_n
-from engine.folder_index import FolderIndex, index_folder, index_key
+from engine.folder_index import FolderIndex, GalleryError, index_folder, index_key
 from engine.rerank import rerank
 from engine.results import file_hash
 from engine.visualize import draw_query_row, save_pages
+from utils.errors import DataError
 from utils.metrics import iter_similarity_chunks
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def clean_queries(queries: Sequence[str]) -> list[str]:
     texts = [clean_caption(query) for query in queries]
     empty = [query for query, text in zip(queries, texts) if not text]
     if not queries or empty:
-        raise ValueError(f"queries must be non-empty descriptions, got {list(queries) if not queries else empty}")
+        raise DataError(f"queries must be non-empty descriptions, got {list(queries) if not queries else empty}")
     return texts
 
 
@@ -140,10 +141,10 @@ def read_queries_file(path: str | Path) -> list[str]:
     """One query per non-blank line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"queries file not found: {path}")
+        raise DataError(f"queries file not found: {path}")
     queries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not queries:
-        raise ValueError(f"{path} holds no queries (expected one description per line)")
+        raise DataError(f"{path} holds no queries (expected one description per line)")
     return queries
 
 
@@ -173,7 +174,7 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
         raise ValueError(f"topk must be >= 1, got {topk}")
     clean_queries(queries)
     if not Path(gallery).is_dir():  # fail before loading the model
-        raise FileNotFoundError(f"gallery folder not found: {gallery}")
+        raise GalleryError(f"gallery folder not found: {gallery}")
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     model, config = load_search_model(checkpoint, config_path, device)

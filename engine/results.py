@@ -11,6 +11,7 @@ from pathlib import Path
 
 from datasets.person_search import RetrievalSet
 from utils.config import Config, config_to_dict
+from utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +116,21 @@ def write_per_query_csv(per_query: dict, dataset: RetrievalSet, path: str | Path
 def _read_stages(path: Path) -> tuple[dict, dict[str, dict]]:
     """A results.json's record and its metric rows by stage (image-to-text as its own stage)."""
     if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
+        raise DataError(f"results file not found: {path}")
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise DataError(f"{path}: not valid JSON ({error})") from error
     for key in ("dataset", "split", "checkpoint_sha256", "stages"):
         if key not in record:
-            raise ValueError(f"{path}: missing key {key!r}; expected a results.json written by eval.py")
+            raise DataError(f"{path}: missing key {key!r}; expected a results.json written by eval.py")
     stages = dict(record["stages"])
     if IMAGE_TO_TEXT in record:
         stages["image-to-text"] = record[IMAGE_TO_TEXT]
     for stage, metrics in stages.items():
         absent = [k for k in METRICS if k not in metrics]
         if absent:
-            raise ValueError(f"{path}: stage {stage!r} lacks metrics {absent}")
+            raise DataError(f"{path}: stage {stage!r} lacks metrics {absent}")
     return record, stages
 
 

@@ -20,9 +20,12 @@ from datasets.sampler import TrainSampler
 from engine import builders
 from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
+from engine.step_guard import StepGuard
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
+from utils.interrupt import ignore_interrupt_in_worker
+from utils.run_folder import claim_run_folder, remove_stale_temp_files
 from utils.run_log import MetricWriter, environment_info, setup_logging
 from utils.schedule import linear_ramp, lr_factor
 
@@ -49,12 +52,32 @@ def resume_path(config: Config, output_dir: Path) -> Path | None:
 
 
 def train(config: Config) -> dict:
-    """Trains, selects on val, evaluates the selected weights on test; returns the test results."""
+    """Trains, selects on val, evaluates the selected weights on test; returns the test results.
+
+    The output folder is claimed first (see utils/run_folder.py): a finished run with the same settings
+    returns its stored ``results.json`` without training.
+    """
     device = init_distributed(config.train.device)
     output_dir = Path(config.train.output_dir)
+    setup_logging()  # stderr only until the folder is ours
+    folder = claim_run_folder(config, output_dir)
+    guard = StepGuard(config.train.max_nonfinite_steps, device, output_dir)
+    try:
+        if folder.finished_results is not None:
+            log.info("%s holds a finished run with these settings (results.json): nothing to train. Evaluate it "
+                     "again with: bash eval.bash %s [eval.key=value ...]", output_dir, output_dir / "best.pth")
+            return folder.finished_results
+        return _train(config, device, output_dir, guard)
+    finally:
+        guard.restore()
+        folder.release()
+
+
+def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGuard) -> dict:
     setup_logging(output_dir)
     torch.manual_seed(config.train.seed + get_rank())
     if is_main_process():
+        remove_stale_temp_files(output_dir)
         dump_config(config, output_dir / "config.yaml")
         (output_dir / "environment.json").write_text(json.dumps(
             {**environment_info(), "code_version": code_version()}, indent=2))
@@ -69,7 +92,8 @@ def train(config: Config) -> dict:
              world, accumulate, micro_batch)
     loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
                         num_workers=config.data.num_workers, persistent_workers=False, drop_last=True,
-                        generator=torch.Generator())  # own generator: the loader must not consume the global RNG
+                        generator=torch.Generator(),  # own generator: the loader must not consume the global RNG
+                        worker_init_fn=ignore_interrupt_in_worker)
     model = builders.build_model(config).to(device)
     optimizer = builders.build_optimizer(config, model)
     steps_per_epoch = sampler.batches_per_epoch // accumulate
@@ -107,6 +131,7 @@ def train(config: Config) -> dict:
                         output_dir / name)
         barrier()
 
+    guard.install()  # from here SIGINT/SIGTERM finish the step, save last.pth and stop
     while state["epoch"] < config.train.epochs:
         epoch = state["epoch"]
         sampler.set_epoch(epoch, start_batch=state["batch"])
@@ -122,8 +147,13 @@ def train(config: Config) -> dict:
             total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
                         for name, value in losses.items())
             scaler.scale(total / accumulate).backward()
+            guard.observe(total)
             state["batch"] += 1
             if state["batch"] % accumulate:
+                continue
+            verdict = guard.check(state["step"] + 1, epoch, losses, scheduler.get_last_lr()[0])  # one sync per step
+            if verdict.skip:  # a non-finite loss within train.max_nonfinite_steps: its gradients are dropped
+                optimizer.zero_grad(set_to_none=True)
                 continue
             if config.train.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
@@ -141,7 +171,11 @@ def train(config: Config) -> dict:
                              state["step"], "train/")
             if config.train.save_every_steps and state["step"] % config.train.save_every_steps == 0:
                 save("last.pth")
+            if verdict.stop_signal:
+                save("last.pth")
+                raise guard.interrupted(verdict.stop_signal, state["step"])
         state["epoch"], state["batch"] = epoch + 1, 0
+        save("last.pth")  # before validation: an error there loses no training
         select_last = val_set is None or config.train.select_metric == "last"
         if val_set is not None and (state["epoch"] % config.train.eval_every == 0
                                     or state["epoch"] == config.train.epochs):
@@ -154,10 +188,10 @@ def train(config: Config) -> dict:
             if not select_last and metric > state["best_metric"]:
                 state["best_metric"], state["best_epoch"] = metric, state["epoch"]
                 save("best.pth")
+                save("last.pth")  # with the new best metric, so a resumed run compares against it
         if select_last:
             state["best_epoch"] = state["epoch"]
             save("best.pth")
-        save("last.pth")
     writer.close()
     log.info("training done; best epoch %d (val %s %.2f)", state["best_epoch"], config.train.select_metric,
              state["best_metric"])

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from models.vit import interpolate_pos_embed
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_KEYS = 20
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not fit the model."""
 
 

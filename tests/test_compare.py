@@ -11,6 +11,7 @@ import eval as eval_entry
 from datasets.person_search import RetrievalSet
 from engine.results import compare_results, write_per_query_csv, write_results
 from utils.config import load_config
+from utils.errors import DataError
 
 RUN_A = {
     "dataset": "cuhk_pedes", "split": "test", "checkpoint_sha256": "0123456789ab",
@@ -56,7 +57,7 @@ def test_eval_compare_prints_and_writes_the_table(two_runs, tmp_path, monkeypatc
 
 
 def test_compare_errors_name_the_file_and_key(two_runs, tmp_path):
-    with pytest.raises(FileNotFoundError, match="results file not found: .*missing.json"):
+    with pytest.raises(DataError, match="results file not found: .*missing.json"):
         compare_results([two_runs[0], tmp_path / "missing.json"])
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({key: value for key, value in RUN_A.items() if key != "split"}))

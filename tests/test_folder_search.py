@@ -193,7 +193,7 @@ def test_cli_reports_skipped_images_and_fails_without_the_flag(checkpoint, galle
     (gallery / "broken.jpg").write_bytes(b"")
     args = ["--checkpoint", str(checkpoint), "--gallery", str(gallery), "--query", "a man", "--out", "",
             "--workers", "0"]
-    with pytest.raises(SystemExit, match=r"(?s)error: 1 unreadable image.*broken\.jpg"):
+    with pytest.raises(GalleryError, match=r"(?s)1 unreadable image.*broken\.jpg"):
         retrieve.main(args)
     retrieve.main(args + ["--skip-bad-images"])
     assert "skipped 1 unreadable image(s): broken.jpg" in capsys.readouterr().out
@@ -205,7 +205,7 @@ def test_empty_or_missing_folder_is_an_error_naming_it(loaded, tmp_path):
     (empty / "sub" / "readme.txt").write_text("no pictures here")
     with pytest.raises(GalleryError, match=f"no images .* in {empty}"):
         build_index(loaded, empty)
-    with pytest.raises(FileNotFoundError, match=f"gallery folder not found: {tmp_path / 'absent'}"):
+    with pytest.raises(GalleryError, match=f"gallery folder not found: {tmp_path / 'absent'}"):
         build_index(loaded, tmp_path / "absent")
 
 
@@ -223,5 +223,5 @@ def test_checkpoint_of_another_architecture_names_mismatching_keys(checkpoint, g
     with pytest.raises(CheckpointMismatchError,
                        match=r"text_proj\.weight: checkpoint \(256, 64\) vs model \(256, 128\)"):
         load_search_model(foreign)
-    with pytest.raises(SystemExit, match=r"text_proj\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"text_proj\.weight"):
         retrieve.main(["--checkpoint", str(foreign), "--gallery", str(gallery), "--query", "a man", "--out", ""])

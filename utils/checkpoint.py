@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import CheckpointError
+
 
 def save_atomic(state: dict, path: str | Path) -> None:
     """Writes ``state`` to ``path`` via a temp file in the same folder and ``os.replace``.
@@ -29,7 +31,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Opens a checkpoint saved by :func:`save_atomic` (tensors and plain Python only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
