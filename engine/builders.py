@@ -102,7 +102,8 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
     render = None
     if data.synthetic_fresh_renders:
         if data.dataset != "synthetic":
-            raise ValueError(f"data.synthetic_fresh_renders needs data.dataset: synthetic, got {data.dataset!r}")
+            raise ConfigError(f"data.synthetic_fresh_renders in the config: expected data.dataset synthetic, "
+                              f"got {data.dataset!r}")
         render = FreshRenders(dataset_dir(data.dataset, data.root))
     return TrainPairs(records, build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip,
                                                      pad=data.pad, erasing=data.erasing, resize=data.resize,

@@ -160,7 +160,7 @@ class EvalConfig:
     amp: Precision = "off"
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE  # queries scored at once; bounds memory
     rerank_batch_queries: PositiveInt = 16
-    rerank_logit_weight: float = 1.0  # stage 2 orders the top k by cos + weight * ITM logit (reference: 1)
+    rerank_logit_weight: NonNegativeFloat = 1.0  # stage 2 orders the top k by cos + weight * ITM logit (reference: 1)
     image_tokens_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     image_tokens_device: str = "auto"  # auto | cpu | cuda | cuda:N
     image_to_text: bool = False
