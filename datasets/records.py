@@ -3,7 +3,8 @@
 CUHK-PEDES, ICFG-PEDES and RSTPReid all ship one JSON list with one record per image
 (``id``, an image path relative to ``imgs/``, ``captions``, ``split``). Each reader only names its
 files and path key; validation, caption cleaning and the split mapping live here, so every format
-fails the same way: an exception naming the file, the record index and what was expected.
+fails the same way: a :class:`~utils.errors.DataError` naming the file, the record index and what was expected.
+Captions are only cleaned here; whether they still say anything is checked by ``datasets.validation``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -24,9 +27,11 @@ MAX_CAPTION_WORDS = 72
 _PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
 _WHITESPACE = re.compile(r"\s+")
 _MISSING_SHOWN = 5
+_INT64_LIMIT = 2 ** 63  # person ids become int64 tensors
+_VALUE_SHOWN = 80  # characters of a wrong value quoted in a message
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(DataError):
     """An annotation file does not have the structure its dataset format requires."""
 
 
@@ -37,7 +42,7 @@ class PersonRecord:
     Attributes:
         image_path: absolute path of the image file.
         person_id: the raw person id from the annotation file, as ``int``.
-        captions: the cleaned captions of this image (at least one).
+        captions: the cleaned captions of this image (at least one; one may be empty until validated).
         split: ``'train'``, ``'val'`` or ``'test'``.
     """
 
@@ -68,7 +73,7 @@ def map_split(raw_split: str) -> str:
 
 
 def check_images_exist(records: Iterable[PersonRecord], annotation_file: str | Path) -> None:
-    """Raises ``FileNotFoundError`` unless every record's image is a file on disk.
+    """Raises :class:`DataError` unless every record's image is a file on disk.
 
     Args:
         records: the records to check.
@@ -78,22 +83,42 @@ def check_images_exist(records: Iterable[PersonRecord], annotation_file: str | P
     missing = [str(r.image_path) for r in records if not os.path.isfile(r.image_path)]
     if missing:
         shown = ", ".join(missing[:_MISSING_SHOWN])
-        raise FileNotFoundError(
+        raise DataError(
             f"{len(missing)} of {len(records)} images listed in {annotation_file} are missing on disk; "
             f"first {min(len(missing), _MISSING_SHOWN)}: {shown}")
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents (a UTF-8 byte-order mark is allowed); other encodings are named with the bad byte."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                        f"re-save it as UTF-8") from error
+
+
 def load_json_list(annotation_file: Path) -> list:
     """Reads a JSON file whose top level must be a list, with errors that name the file."""
+    text = read_utf8(annotation_file)
     try:
-        with open(annotation_file, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise DatasetFormatError(f"{annotation_file}: not valid JSON (nested too deeply)") from error
     if not isinstance(data, list):
         raise DatasetFormatError(
             f"{annotation_file}: expected a JSON list of records at the top level, got {type(data).__name__}")
     return data
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN] + "..."
 
 
 def parse_record(record: object, index: int, annotation_file: Path, image_dir: Path, path_key: str) -> PersonRecord:
@@ -115,29 +140,27 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
 
     raw_id = record["id"]
     if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
-        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}")
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}")
     try:
         person_id = int(raw_id)
     except ValueError as error:
-        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {raw_id!r}") from error
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}") from error
+    if not -_INT64_LIMIT <= person_id < _INT64_LIMIT:
+        raise DatasetFormatError(f"{where}: 'id' {person_id} does not fit a 64-bit integer")
 
     relative_path = record[path_key]
-    if not isinstance(relative_path, str) or not relative_path:
-        raise DatasetFormatError(f"{where}: '{path_key}' must be a non-empty string, got {relative_path!r}")
+    if not isinstance(relative_path, str) or not relative_path or "\0" in relative_path:
+        raise DatasetFormatError(f"{where}: '{path_key}' must be a non-empty string, got {_shown(relative_path)}")
 
     raw_captions = record["captions"]
     if (not isinstance(raw_captions, list) or not raw_captions
             or not all(isinstance(c, str) for c in raw_captions)):
-        raise DatasetFormatError(f"{where}: 'captions' must be a non-empty list of strings, got {raw_captions!r}")
+        raise DatasetFormatError(f"{where}: 'captions' must be a non-empty list of strings, got {_shown(raw_captions)}")
     captions = tuple(clean_caption(c) for c in raw_captions)
-    for caption_index, caption in enumerate(captions):
-        if not caption:
-            raise DatasetFormatError(
-                f"{where}: caption {caption_index} is empty after cleaning (raw {raw_captions[caption_index]!r})")
 
     raw_split = record["split"]
     if not isinstance(raw_split, str):
-        raise DatasetFormatError(f"{where}: 'split' must be a string, got {raw_split!r}")
+        raise DatasetFormatError(f"{where}: 'split' must be a string, got {_shown(raw_split)}")
 
     return PersonRecord(image_path=image_dir / relative_path, person_id=person_id,
                         captions=captions, split=map_split(raw_split))
@@ -191,15 +214,15 @@ def locate_dataset_files(dataset_dir: str | Path, annotation_names: tuple[str, .
     dataset_dir = Path(dataset_dir).resolve()
     expected = " or ".join(annotation_names)
     if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {dataset_dir} (expected {expected} and imgs/ there)")
+        raise DataError(f"dataset folder not found: {dataset_dir} (expected {expected} and imgs/ there)")
     present = [dataset_dir / name for name in annotation_names if (dataset_dir / name).is_file()]
     if not present:
-        raise FileNotFoundError(f"annotation file not found in {dataset_dir}: expected {expected}")
+        raise DataError(f"annotation file not found in {dataset_dir}: expected {expected}")
     if len(present) > 1:
         logger.warning("%s: several annotation files present; reading %s, ignoring %s",
                        dataset_dir, present[0].name, ", ".join(p.name for p in present[1:]))
     image_dir = dataset_dir / "imgs"
     if not image_dir.is_dir():
-        raise FileNotFoundError(
+        raise DataError(
             f"image folder not found: {image_dir} (expected the images listed in {present[0].name} under imgs/)")
     return present[0], image_dir

@@ -8,6 +8,7 @@ from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.icfg_pedes import read_icfg_pedes
 from datasets.records import PersonRecord
 from datasets.rstpreid import read_rstpreid
+from utils.errors import ConfigError
 
 Reader = Callable[..., list[PersonRecord]]
 
@@ -28,7 +29,7 @@ def dataset_dir(name: str, data_root: str | Path) -> Path:
         data_root: the folder holding one sub-folder per dataset.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
+        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
     return Path(data_root) / DATASETS[name][0]
 
 

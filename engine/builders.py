@@ -17,6 +17,7 @@ from datasets.synthetic.fresh import FreshRenders
 from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
+from datasets.validation import validate_splits
 from models.cada import CADA
 from models.checkpoint_import import load_pretrained
 from models.registry import get_model_spec
@@ -27,8 +28,10 @@ from utils.dist import barrier, is_main_process
 log = logging.getLogger(__name__)
 
 
-def load_splits(config: Config) -> dict[str, list[PersonRecord]]:
-    """Reads (or, for the synthetic set, first generates) the annotation and splits it."""
+def load_splits(config: Config, needed: tuple[str, ...] | None = None) -> dict[str, list[PersonRecord]]:
+    """Reads (or, for the synthetic set, first generates) the annotation, splits it and validates it before any
+    training or evaluation: ``needed`` splits (default train and ``eval.split``) non-empty, images, captions,
+    duplicates (``datasets.validation``)."""
     folder = dataset_dir(config.data.dataset, config.data.root)
     if config.data.dataset == "synthetic":
         if not (folder / "reid_raw.json").is_file() and is_main_process():
@@ -37,8 +40,11 @@ def load_splits(config: Config) -> dict[str, list[PersonRecord]]:
                              images_per_id=config.data.synthetic_images_per_id)
         barrier()  # other ranks read what rank 0 generated
         check_synthetic_matches(folder, config)
-    records = load_records(config.data.dataset, config.data.root)  # also checks every image exists
+    records = load_records(config.data.dataset, config.data.root, check_images=False)  # validate_splits does
     splits = split_records(records, config.data.val_from_train, config.data.val_seed)
+    splits = validate_splits(splits, needed or ("train", config.eval.split), tokenizer_for(config),
+                             config.model.max_text_len, str(folder), config.data.drop_bad_captions,
+                             config.data.duplicate_images, show_progress=is_main_process())
     for name, part in splits.items():
         log.info("%s: %d images, %d identities, %d captions", name, len(part), len({r.person_id for r in part}),
                  sum(len(r.captions) for r in part))

@@ -63,5 +63,5 @@ def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str
     setup_logging(output_dir)
     model = builders.build_model(config, weights=checkpoint)
     model.to(device)
-    splits = builders.load_splits(config)
+    splits = builders.load_splits(config, needed=(config.eval.split,))
     return run_test(config, model, builders.tokenizer_for(config), splits, device, output_dir, Path(checkpoint))

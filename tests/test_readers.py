@@ -10,6 +10,7 @@ from datasets.icfg_pedes import read_icfg_pedes
 from datasets.records import DatasetFormatError, PersonRecord, clean_caption, map_split
 from datasets.registry import DATASETS, load_records
 from datasets.rstpreid import read_rstpreid
+from utils.errors import ConfigError, DataError
 
 
 def write_dataset(folder: Path, annotation_name: str, records: list, make_images: bool = True,
@@ -99,6 +100,33 @@ def test_bad_json_names_the_file(tmp_path):
         read_cuhk_pedes(folder)
 
 
+def test_format_errors_are_the_projects_data_error():
+    assert issubclass(DatasetFormatError, DataError)
+
+
+def test_latin1_file_is_named_with_the_bad_byte(tmp_path):
+    folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", [])
+    text = json.dumps([cuhk_record(1, path="a.jpg", captions=["A café visitor."])], ensure_ascii=False)
+    (folder / "reid_raw.json").write_bytes(text.encode("latin-1"))
+    offset = text.index("é")
+    expected = rf"reid_raw\.json: not UTF-8 \(byte 0xe9 at offset {offset}\); re-save it as UTF-8"
+    with pytest.raises(DataError, match=expected):
+        read_cuhk_pedes(folder, check_images=False)
+
+
+def test_utf8_with_byte_order_mark_is_read(tmp_path):
+    folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", [])
+    text = json.dumps([cuhk_record(1, path="a.jpg", captions=["A café visitor."])], ensure_ascii=False)
+    (folder / "reid_raw.json").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_cuhk_pedes(folder, check_images=False)[0].captions == ("a café visitor",)
+
+
+def test_caption_empty_after_cleaning_is_kept_for_validation(tmp_path):
+    folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json",
+                           [cuhk_record(1, path="a.jpg", captions=["fine", " ... "])], make_images=False)
+    assert read_cuhk_pedes(folder, check_images=False)[0].captions == ("fine", "")
+
+
 @pytest.mark.parametrize("missing_key", ["id", "file_path", "captions", "split"])
 def test_missing_key_names_file_record_and_key(tmp_path, missing_key):
     bad = cuhk_record(2, path="b.jpg")
@@ -113,9 +141,15 @@ def test_missing_key_names_file_record_and_key(tmp_path, missing_key):
     ("captions", [], "'captions' must be a non-empty list of strings"),
     ("captions", "a man in red", "'captions' must be a non-empty list of strings"),
     ("captions", ["fine", 3], "'captions' must be a non-empty list of strings"),
-    ("captions", ["fine", " ... "], "caption 1 is empty after cleaning"),
     ("id", "abc", "'id' must be an integer"),
     ("id", 1.5, "'id' must be an integer"),
+    ("id", None, "'id' must be an integer"),
+    ("id", [1], "'id' must be an integer"),
+    ("id", 2 ** 70, "'id' 1180591620717411303424 does not fit a 64-bit integer"),
+    ("captions", {"0": "a man"}, "'captions' must be a non-empty list of strings"),
+    ("captions", [None], "'captions' must be a non-empty list of strings"),
+    ("file_path", ["a.jpg"], "'file_path' must be a non-empty string"),
+    ("file_path", "a\u0000.jpg", "'file_path' must be a non-empty string"),
     ("split", None, "'split' must be a string"),
     ("file_path", "", "'file_path' must be a non-empty string"),
 ])
@@ -133,22 +167,22 @@ def test_missing_images_are_counted_and_listed(tmp_path):
     folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", records)
     for i in (1, 3):
         (folder / "imgs" / f"train_query/p{i}.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"2 of 3 images listed in .*reid_raw\.json are missing.*p1\.jpg"):
+    with pytest.raises(DataError, match=r"2 of 3 images listed in .*reid_raw\.json are missing.*p1\.jpg"):
         read_cuhk_pedes(folder)
     assert len(read_cuhk_pedes(folder, check_images=False)) == 3
 
 
 def test_missing_folder_file_or_imgs_say_what_belongs_there(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"dataset folder not found: .*nowhere \(expected reid_raw\.json"):
+    with pytest.raises(DataError, match=r"dataset folder not found: .*nowhere \(expected reid_raw\.json"):
         read_cuhk_pedes(tmp_path / "nowhere")
     icfg = tmp_path / "ICFG-PEDES"
     icfg.mkdir()
-    with pytest.raises(FileNotFoundError, match=r"expected ICFG-PEDES\.json or ICFG_PEDES\.json"):
+    with pytest.raises(DataError, match=r"expected ICFG-PEDES\.json or ICFG_PEDES\.json"):
         read_icfg_pedes(icfg)
     rstp = tmp_path / "RSTPReid"
     rstp.mkdir()
     (rstp / "data_captions.json").write_text("[]", encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match=r"image folder not found: .*imgs"):
+    with pytest.raises(DataError, match=r"image folder not found: .*imgs"):
         read_rstpreid(rstp)
 
 
@@ -156,7 +190,7 @@ def test_caption_all_without_reid_raw_explains_the_missing_split(tmp_path):
     folder = tmp_path / "CUHK-PEDES"
     (folder / "imgs").mkdir(parents=True)
     (folder / "caption_all.json").write_text("[]", encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match=r"reid_raw\.json not found.*caption_all\.json .*lacks the 'split'"):
+    with pytest.raises(DataError, match=r"reid_raw\.json not found.*caption_all\.json .*lacks the 'split'"):
         read_cuhk_pedes(folder)
 
 
@@ -165,5 +199,15 @@ def test_registry_reads_the_named_folder_and_lists_known_names(tmp_path):
     write_dataset(tmp_path / "RSTPReid", "data_captions.json", records, path_key="img_path")
     assert [r.person_id for r in load_records("rstpreid", tmp_path)] == [7]
     assert set(DATASETS) == {"cuhk_pedes", "icfg_pedes", "rstpreid", "synthetic"}
-    with pytest.raises(ValueError, match="unknown dataset 'market'; known: cuhk_pedes, icfg_pedes, rstpreid"):
+    with pytest.raises(ConfigError, match="unknown dataset 'market'; known: cuhk_pedes, icfg_pedes, rstpreid"):
         load_records("market", tmp_path)
+
+
+def test_long_wrong_values_are_quoted_short(tmp_path):
+    bad = cuhk_record(2, path="b.jpg")
+    bad["captions"] = {f"caption {i}": "a man in a red coat" for i in range(50)}
+    folder = write_dataset(tmp_path / "CUHK-PEDES", "reid_raw.json", [bad], make_images=False)
+    with pytest.raises(DataError) as error:
+        read_cuhk_pedes(folder)
+    quoted = str(error.value).split("got ", 1)[1]
+    assert quoted.startswith("{'caption 0': 'a man in a red coat'") and quoted.endswith("...") and len(quoted) == 83
