@@ -13,6 +13,7 @@ from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
 from datasets.registry import dataset_dir, load_records
 from datasets.synthetic import generate_dataset
+from datasets.synthetic.fresh import FreshRenders
 from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
@@ -111,11 +112,17 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
             return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
                                                                max_len=config.model.max_text_len) for c in captions],
                                          config.model.max_text_len)
+    render = None
+    if data.synthetic_fresh_renders:
+        if data.dataset != "synthetic":
+            raise ConfigError(f"data.synthetic_fresh_renders in the config: expected data.dataset synthetic, "
+                              f"got {data.dataset!r}")
+        render = FreshRenders(dataset_dir(data.dataset, data.root))
     return TrainPairs(records, build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip,
                                                      pad=data.pad, erasing=data.erasing, resize=data.resize,
                                                      erasing_fill=data.erasing_fill),
                       tokenizer, config.model.max_text_len, captions=data.train_captions, candidate_groups=groups,
-                      mask_prob=config.loss.ara.prob)
+                      mask_prob=config.loss.ara.prob, render=render)
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:

@@ -100,7 +100,8 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
                                            settings.amp)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    match_logits = itm_scorer(model, ids, mask, image_tokens, device, settings.amp) if settings.rerank else None
+    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, settings.amp, settings.rerank_logit_weight)
+                    if settings.rerank else None)
     stages = {"global": RetrievalMetrics()}
     if settings.rerank:
         stages["reranked"] = RetrievalMetrics()
@@ -134,7 +135,7 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
 
 
 def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device,
-               amp: str = "off"):
+               amp: str = "off", weight: float = 1.0):
     """The ``match_logits(query_index (n,), gallery_index (n, k)) -> (n, k)`` callable of ``engine.rerank``.
 
     Pairs of one call share each distinct image's cross-attention keys/values and are trimmed to their
@@ -145,8 +146,12 @@ def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch
         ids: (Q, L) query token ids whose first token is ``[ENC]``; mask: (Q, L).
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
         amp: ``eval.amp``.
+        weight: multiplies the logits (stage 2 orders by cos + weight * logit; the reference uses 1).
     """
-    return shared_itm_scorer(model, ids, mask, image_tokens, device, amp)
+    match_logits = shared_itm_scorer(model, ids, mask, image_tokens, device, amp)
+    if weight == 1.0:
+        return match_logits
+    return lambda query_index, gallery_index: weight * match_logits(query_index, gallery_index)
 
 
 def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from utils.interrupt import ignore_interrupt_in_worker
 from utils.precision import autocast
 from utils.run_folder import claim_run_folder, remove_stale_temp_files
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import lr_factor
+from utils.schedule import linear_ramp, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,9 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             with (contextlib.nullcontext() if world == 1 or last_micro_batch else net.no_sync()):
                 with autocast(device, config.train.amp):
                     losses = forward(batch)
-                total = sum(weights[name] * value for name, value in losses.items())
+                ramp = linear_ramp(state["step"], config.loss.local_warmup_steps)  # ITM/ATP weight ramp
+                total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
+                            for name, value in losses.items())
                 scaler.scale(total / accumulate).backward()
             guard.observe(total)
             state["batch"] += 1

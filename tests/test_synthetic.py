@@ -82,7 +82,7 @@ def test_reads_back_as_cuhk_pedes_with_identity_disjoint_splits(dataset):
     assert all(len(r.captions) == 2 and r.captions[0] != r.captions[1] for r in records)
     assert Image.open(records[0].image_path).size == (64, 128)
     raw = json.loads((dataset / "reid_raw.json").read_text())
-    assert set(raw[0]) == {"split", "captions", "file_path", "processed_tokens", "id", "attributes"}
+    assert set(raw[0]) == {"split", "captions", "file_path", "processed_tokens", "id", "attributes", "mentions"}
     assert raw[0]["processed_tokens"][0] == words(raw[0]["captions"][0])
 
 
