@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.attributes import attribute_candidates, build_tagger  # noqa: E402
 from datasets.synthetic import describe, sample_identity  # noqa: E402
 from datasets.tokenization import build_tokenizer, encode  # noqa: E402
-from utils.vocab import VOCAB_SIZE  # noqa: E402
 from models.med_bert import TextDecoder  # noqa: E402
+from utils.vocab import VOCAB_SIZE  # noqa: E402
 
 
 def timed(fn, repeats: int = 3) -> float:

@@ -64,10 +64,13 @@ class TrainPairs(Dataset):
         candidate_groups: optional function ``captions -> (N, L) long tensor`` of ARA group ids per caption
             (-1 = not a candidate); with it every item also carries ``ara_input_ids`` and ``ara_labels``.
         mask_prob: ARA masking probability of each candidate group.
+        render: optional ``(image_path, sample_seed) -> PIL image`` used instead of reading the file
+            (``datasets.synthetic.fresh.FreshRenders``).
     """
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
-                 captions: str = "first_two", candidate_groups: Callable | None = None, mask_prob: float = 0.0):
+                 captions: str = "first_two", candidate_groups: Callable | None = None, mask_prob: float = 0.0,
+                 render: Callable | None = None):
         if captions not in CAPTION_PROTOCOLS:
             raise ValueError(f"captions must be one of {list(CAPTION_PROTOCOLS)}, got {captions!r}")
         keep = CAPTION_PROTOCOLS[captions]
@@ -81,6 +84,7 @@ class TrainPairs(Dataset):
         self.input_ids, self.attention_mask = encode(tokenizer, self.captions, max_len)
         self.candidate_groups = None if candidate_groups is None else candidate_groups(self.captions)
         self.mask_prob = mask_prob
+        self.render = render
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -88,7 +92,8 @@ class TrainPairs(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = item
         image_seed, mask_seed = stream_seeds(sample_seed, 2)
-        image = load_rgb(self.image_paths[index])
+        path = self.image_paths[index]
+        image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
             torch.manual_seed(image_seed)
             image = self.transform(image)

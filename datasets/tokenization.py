@@ -15,9 +15,10 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 
+from utils.vocab import MAX_TEXT_LEN, PAD_ID
+
 BUNDLED_VOCAB = Path(__file__).resolve().parent / "assets" / "bert-base-uncased" / "vocab.txt"
 
-from utils.vocab import MAX_TEXT_LEN, PAD_ID
 
 
 def build_tokenizer(path: str | Path = "") -> Tokenizer:

@@ -13,6 +13,7 @@ from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
 from datasets.registry import dataset_dir, load_records
 from datasets.synthetic import generate_dataset
+from datasets.synthetic.fresh import FreshRenders
 from datasets.synthetic.generate import METADATA_FILE
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
@@ -21,8 +22,8 @@ from models.cada import CADA
 from models.checkpoint_import import load_pretrained
 from models.registry import get_model_spec
 from utils.config import Config
-from utils.errors import ConfigError, DataError
 from utils.dist import barrier, is_main_process
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,13 @@ def build_model(config: Config, load_weights: bool = True, weights: str | Path |
     return model
 
 
+def leaves_parameters_unused(config: Config) -> bool:
+    """Whether some parameters get no gradient in a step (DDP's ``find_unused_parameters``): every module
+    is used only when all four losses are on (global: projections; itm: itm_head; atp: itm_local_head and
+    the adaptive head; itm/atp: cross-attention; ara: the decoder)."""
+    return set(config.loss.enabled()) != {"global", "itm", "atp", "ara"}
+
+
 def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> TrainPairs:
     data = config.data
     groups = None
@@ -104,11 +112,17 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
             return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
                                                                max_len=config.model.max_text_len) for c in captions],
                                          config.model.max_text_len)
+    render = None
+    if data.synthetic_fresh_renders:
+        if data.dataset != "synthetic":
+            raise ConfigError(f"data.synthetic_fresh_renders in the config: expected data.dataset synthetic, "
+                              f"got {data.dataset!r}")
+        render = FreshRenders(dataset_dir(data.dataset, data.root))
     return TrainPairs(records, build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip,
                                                      pad=data.pad, erasing=data.erasing, resize=data.resize,
                                                      erasing_fill=data.erasing_fill),
                       tokenizer, config.model.max_text_len, captions=data.train_captions, candidate_groups=groups,
-                      mask_prob=config.loss.ara.prob)
+                      mask_prob=config.loss.ara.prob, render=render)
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:
@@ -137,7 +151,8 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
         groups.setdefault((lr, 0.0 if no_decay else optim.weight_decay), []).append(param)
     param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd}
                     for (lr, wd), params in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    fused = all(p.is_cuda for group in param_groups for p in group["params"])  # one kernel per step on CUDA
+    return torch.optim.AdamW(param_groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused or None)
 
 
 def tokenizer_for(config: Config):

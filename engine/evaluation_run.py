@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from datasets.registry import dataset_dir
+from datasets.synthetic.oracle import oracle_metrics
 from engine import builders
 from engine.evaluator import evaluate
 from engine.results import write_results
@@ -24,7 +26,9 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
     if pictures:
         check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
-                       config.model.max_text_len)
+                       config.model.max_text_len, config.data.num_workers)
+    if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
+        results["oracle"] = oracle_metrics(dataset_dir(config.data.dataset, config.data.root), dataset)
     if is_main_process():
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:

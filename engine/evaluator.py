@@ -7,17 +7,20 @@ ranks under torchrun; the gallery is encoded once (sharded) and gathered.
 from __future__ import annotations
 
 import logging
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.person_search import GalleryImages, RetrievalSet
 from datasets.tokenization import encode
+from engine.rerank import length_order, rerank, shared_itm_scorer
+from models.padding import trim_to_longest
 from utils.config_schema import EvalConfig
-from utils.vocab import ENC_ID, MAX_TEXT_LEN
-from engine.rerank import rerank
 from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
 from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize
+from utils.precision import autocast
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def shard_bounds(total: int, world: int) -> list[int]:
 
 
 @torch.no_grad()
-def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.device):
+def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.device, num_workers: int = 2):
     """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D).
 
     Under torchrun each rank encodes its shard of the gallery and the shards are gathered once.
@@ -41,12 +44,14 @@ def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.
     tokens_device = device if settings.image_tokens_device == "auto" else torch.device(settings.image_tokens_device)
     bounds = shard_bounds(len(paths), get_world_size())
     local_paths = list(paths)[bounds[get_rank()]:bounds[get_rank() + 1]]
-    loader = DataLoader(GalleryImages(local_paths, transform), batch_size=settings.batch_size, num_workers=2,
+    loader = DataLoader(GalleryImages(local_paths, transform), batch_size=settings.batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG alone (exact resume)
     features, tokens = [], []
     for images in tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False):
-        embeds = model.encode_image(images.to(device))  # (b, 1+N, D)
-        features.append(model.image_features(embeds).float().cpu())
+        with autocast(device, settings.amp):
+            embeds = model.encode_image(images.to(device, non_blocking=True))  # (b, 1+N, D)
+            features.append(model.image_features(embeds).float().cpu())
         if settings.rerank:
             tokens.append(embeds.to(tokens_device, DTYPES[settings.image_tokens_dtype]))
     features = torch.cat([shard for shard in all_gather_object(torch.cat(features))]).to(device)
@@ -59,35 +64,44 @@ def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.
 
 
 @torch.no_grad()
-def encode_queries(model, tokenizer, texts: list[str], max_text_len: int, batch_size: int, device: torch.device):
-    """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L)."""
+def encode_queries(model, tokenizer, texts: list[str], max_text_len: int, batch_size: int, device: torch.device,
+                   amp: str = "off"):
+    """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L).
+
+    Each batch is trimmed to its longest caption (only [CLS] is read; exact, see docs/method.md).
+    """
     ids, mask = encode(tokenizer, texts, max_text_len)
-    features = [model.text_features(model.encode_text(ids[i:i + batch_size].to(device),
-                                                      mask[i:i + batch_size].to(device))).float()
-                for i in range(0, len(texts), batch_size)]
+    features = []
+    for i in range(0, len(texts), batch_size):
+        batch_ids, batch_mask = trim_to_longest(ids[i:i + batch_size], mask[i:i + batch_size])  # on the CPU copy
+        with autocast(device, amp):
+            features.append(model.text_features(model.encode_text(batch_ids.to(device), batch_mask.to(device))).float())
     return torch.cat(features), ids, mask
 
 
 @torch.no_grad()
 def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalConfig, device: torch.device,
-             max_text_len: int = MAX_TEXT_LEN) -> dict:
+             max_text_len: int = MAX_TEXT_LEN, num_workers: int = 2) -> dict:
     """Both stages' R1/R5/R10/mAP/mINP (percent), the chance R1 and per-query first-positive ranks.
 
     Args:
         settings: the config's ``eval`` section.
         max_text_len: the model's text length (``model.max_text_len``).
+        num_workers: gallery loader workers (``data.num_workers``).
     """
     model.eval()
-    image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, settings, device)
+    image_feats, image_tokens = encode_gallery(model, dataset.gallery_paths, transform, settings, device, num_workers)
     # this rank's queries: a contiguous shard, so gathered results keep query order
     rank, world = get_rank(), get_world_size()
     bounds = shard_bounds(len(dataset.query_texts), world)
     texts = dataset.query_texts[bounds[rank]:bounds[rank + 1]]
     query_pids = dataset.query_pids[bounds[rank]:bounds[rank + 1]]
-    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, settings.batch_size, device)
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, settings.batch_size, device,
+                                           settings.amp)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    match_logits = itm_scorer(model, ids, mask, image_tokens, device) if settings.rerank else None
+    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, settings.amp, settings.rerank_logit_weight)
+                    if settings.rerank else None)
     stages = {"global": RetrievalMetrics()}
     if settings.rerank:
         stages["reranked"] = RetrievalMetrics()
@@ -99,7 +113,8 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
         shown["global"].append(top_n(scores, scores, KEEP_TOP))
         if settings.rerank:
             reranked = rerank(scores, settings.k_test, match_logits, query_offset=start,
-                              batch_queries=settings.rerank_batch_queries)
+                              batch_queries=settings.rerank_batch_queries,
+                              query_order=length_order(mask[start:start + scores.shape[0]]))
             stages["reranked"].update(reranked.scores, chunk_pids, gallery_pids)
             combined = scores.scatter_add(1, reranked.candidate_indices, reranked.candidate_logits)  # cos + logit
             shown["reranked"].append(top_n(reranked.scores, combined, KEEP_TOP))
@@ -119,22 +134,24 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
     return results
 
 
-def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device):
+def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device,
+               amp: str = "off", weight: float = 1.0):
     """The ``match_logits(query_index (n,), gallery_index (n, k)) -> (n, k)`` callable of ``engine.rerank``.
+
+    Pairs of one call share each distinct image's cross-attention keys/values and are trimmed to their
+    longest caption (:func:`engine.rerank.shared_itm_scorer`).
 
     Args:
         model: the CADA model (eval mode, on ``device``).
         ids: (Q, L) query token ids whose first token is ``[ENC]``; mask: (Q, L).
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
+        amp: ``eval.amp``.
+        weight: multiplies the logits (stage 2 orders by cos + weight * logit; the reference uses 1).
     """
-    model_dtype = next(model.parameters()).dtype
-
-    def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-        n, k = gallery_index.shape
-        tokens = image_tokens[gallery_index.flatten().to(image_tokens.device)].to(device, model_dtype)
-        return model.itm_match_logit(ids[query_index.cpu()].to(device).repeat_interleave(k, 0),
-                                     mask[query_index.cpu()].to(device).repeat_interleave(k, 0), tokens).view(n, k)
-    return match_logits
+    match_logits = shared_itm_scorer(model, ids, mask, image_tokens, device, amp)
+    if weight == 1.0:
+        return match_logits
+    return lambda query_index, gallery_index: weight * match_logits(query_index, gallery_index)
 
 
 def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,16 +16,16 @@ import torch
 
 from datasets.images import load_rgb
 from datasets.records import clean_caption
-from utils.vocab import ENC_ID, MAX_TEXT_LEN
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import encode_queries, itm_scorer, top_n
 from engine.folder_index import FolderIndex, GalleryError, index_folder, index_key
-from engine.rerank import rerank
+from engine.rerank import length_order, rerank
 from engine.results import file_hash
 from engine.visualize import draw_query_row, save_pages
 from utils.errors import DataError
 from utils.metrics import iter_similarity_chunks
+from utils.vocab import ENC_ID, MAX_TEXT_LEN
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def clean_queries(queries: Sequence[str]) -> list[str]:
 @torch.no_grad()
 def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: int = 10, k_test: int = 16,
            use_rerank: bool = True, max_text_len: int = MAX_TEXT_LEN, device: str | torch.device = "cpu",
-           batch_size: int = 64) -> list[QueryResult]:
+           batch_size: int = 64, amp: str = "off") -> list[QueryResult]:
     """Ranks the indexed images for each query.
 
     Args:
@@ -94,16 +94,19 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
         max_text_len: token length of the model.
         device: where the model runs.
         batch_size: queries per text-encoder pass and per ITM batch.
+        amp: autocast of the query and ITM passes: ``off``, ``bf16`` or ``fp16`` (``eval.amp``).
     """
     texts = clean_queries(queries)
-    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device)  # (Q, E), (Q, L), (Q, L)
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device,
+                                           amp)  # (Q, E), (Q, L), (Q, L)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
-    match_logits = itm_scorer(model, ids, mask, index.image_tokens, device)
+    match_logits = itm_scorer(model, ids, mask, index.image_tokens, device, amp)
 
     results = []
     for start, scores in iter_similarity_chunks(text_feats, index.features.to(device), batch_size):  # (c, G)
         if use_rerank:
-            reranked = rerank(scores, k_test, match_logits, query_offset=start, batch_queries=batch_size)
+            reranked = rerank(scores, k_test, match_logits, query_offset=start, batch_queries=batch_size,
+                              query_order=length_order(mask[start:start + scores.shape[0]]))
             combined = scores.scatter_add(1, reranked.candidate_indices, reranked.candidate_logits)  # cos + logit
             shown, shown_scores = top_n(reranked.scores, combined, topk)
         else:
@@ -182,6 +185,6 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
     index = index_folder(model, gallery, builders.build_eval_transform(config), key, device, batch_size, num_workers,
                          skip_bad_images, index_dir)
     results = search(model, index, builders.tokenizer_for(config), queries, topk, config.eval.k_test,
-                     config.eval.rerank, config.model.max_text_len, device, batch_size)
+                     config.eval.rerank, config.model.max_text_len, device, batch_size, config.eval.amp)
     written = draw_results(results, index, grid_path) if grid_path is not None else []
     return index, results, written

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from utils.precision import autocast
+
 # Largest |score| for which m_q + (k - j) is exact enough in fp32 to keep every step strictly increasing.
 MAX_ABS_SCORE = 2.0**20
 
@@ -87,6 +89,7 @@ def rerank(
     match_logits: MatchLogits,
     query_offset: int = 0,
     batch_queries: int = 16,
+    query_order: torch.Tensor | None = None,
 ) -> RerankResult:
     """Re-ranks each row's top-k by cosine with ``cos + ITM logit``; the rest keep their cosine order.
 
@@ -99,6 +102,9 @@ def rerank(
             Called once per group of at most ``batch_queries`` queries.
         query_offset: global index of the first row of ``scores``.
         batch_queries: queries per ``match_logits`` call.
+        query_order: (c,) permutation of the rows: groups are consecutive runs of this order (e.g. rows
+            sorted by caption length, so that a group's captions are trimmed to similar lengths).
+            None groups rows in order. The result does not depend on it.
 
     Returns:
         A ``RerankResult``; its ``scores`` sort (stable, descending) into the final ranking.
@@ -115,15 +121,18 @@ def rerank(
     candidate_scores, candidate_indices = topk_candidates(scores, k)  # (c, k), cosine order
     k = candidate_indices.shape[1]
 
-    logit_batches = []
+    if query_order is None:
+        query_order = torch.arange(num_rows, device=scores.device)
+    elif not torch.equal(query_order.sort().values.cpu(), torch.arange(num_rows)):
+        raise ValueError(f"query_order must be a permutation of the {num_rows} rows")
+    query_order = query_order.to(scores.device)
+    candidate_logits = torch.zeros(num_rows, k, device=scores.device)  # (c, k)
     for start in range(0, num_rows, batch_queries):
-        stop = min(start + batch_queries, num_rows)
-        query_index = torch.arange(start, stop, device=scores.device) + query_offset  # (n,)
-        logits = match_logits(query_index, candidate_indices[start:stop])
-        if tuple(logits.shape) != (stop - start, k):
-            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({stop - start}, {k})")
-        logit_batches.append(logits.to(device=scores.device, dtype=torch.float32))
-    candidate_logits = torch.cat(logit_batches) if logit_batches else candidate_scores.new_zeros(0, k).float()
+        rows = query_order[start:start + batch_queries]  # (n,)
+        logits = match_logits(rows + query_offset, candidate_indices[rows])
+        if tuple(logits.shape) != (rows.numel(), k):
+            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({rows.numel()}, {k})")
+        candidate_logits[rows] = logits.to(device=scores.device, dtype=torch.float32)
 
     # Order candidates by the exact combined score; pre-sorting by gallery index makes ties go to the lower one.
     by_gallery = candidate_indices.argsort(dim=1)  # (c, k) — indices within a row are distinct
@@ -140,3 +149,39 @@ def rerank(
     steps = torch.arange(k, 0, -1, device=scores.device, dtype=torch.float32)  # (k,) k, k-1, ..., 1
     reranked.scatter_(1, reranked_indices, best_remaining + steps)
     return RerankResult(reranked, candidate_indices, candidate_logits)
+
+
+def length_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rows (c,) ordered by caption length (stable), so that a group of queries is trimmed to similar lengths."""
+    return torch.sort(attention_mask.sum(dim=1), stable=True).indices
+
+
+def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor,
+                      device: torch.device, amp: str = "off") -> MatchLogits:
+    """The ``match_logits`` of :func:`rerank` for a CADA model, sharing work between the pairs of a group.
+
+    For the n queries x k candidates of one call, each distinct candidate image's cross-attention keys
+    and values are projected once per layer and gathered for every pair (``image_index``), and the
+    captions are trimmed to the group's longest (only the fused first token is read). The logits equal
+    scoring every pair separately at full length, up to float rounding.
+
+    Args:
+        model: a CADA backbone in eval mode, on ``device``.
+        ids: (Q, L) query ids whose first token is ``[ENC]``; mask: (Q, L) (any device).
+        image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
+        amp: "off", "bf16" or "fp16": autocast of the fused pass.
+    """
+    autocast(device, amp)  # checks amp
+    model_dtype = next(model.parameters()).dtype
+
+    def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+        n, k = gallery_index.shape
+        distinct, pair_image = torch.unique(gallery_index.flatten(), return_inverse=True)  # (U,), (n*k,)
+        tokens = image_tokens[distinct.to(image_tokens.device)].to(device, model_dtype)  # (U, 1+N, D)
+        rows = query_index.cpu()
+        pair_ids = ids[rows].to(device).repeat_interleave(k, 0)  # (n*k, L)
+        pair_mask = mask[rows].to(device).repeat_interleave(k, 0)
+        with autocast(device, amp):
+            logits = model.itm_match_logit(pair_ids, pair_mask, tokens, image_index=pair_image.to(device))
+        return logits.float().view(n, k)
+    return match_logits

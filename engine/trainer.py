@@ -21,26 +21,17 @@ from engine import builders
 from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
+from models.padding import longest_caption
 from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.interrupt import ignore_interrupt_in_worker
+from utils.precision import autocast
 from utils.run_folder import claim_run_folder, remove_stale_temp_files
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import lr_factor
+from utils.schedule import linear_ramp, lr_factor
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be off, bf16 or fp16, got {amp!r}")
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
-
 
 def resume_path(config: Config, output_dir: Path) -> Path | None:
     if not config.train.resume:
@@ -91,7 +82,8 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     log.info("global batch %d = %d process(es) x %d accumulation step(s) x %d pairs", config.data.global_batch_size,
              world, accumulate, micro_batch)
     loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
-                        num_workers=config.data.num_workers, persistent_workers=False, drop_last=True,
+                        num_workers=config.data.num_workers, persistent_workers=config.data.num_workers > 0,
+                        pin_memory=device.type == "cuda", drop_last=True,
                         generator=torch.Generator(),  # own generator: the loader must not consume the global RNG
                         worker_init_fn=ignore_interrupt_in_worker)
     model = builders.build_model(config).to(device)
@@ -115,7 +107,9 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
         set_rng_state(checkpoint["rng"][get_rank()])
         log.info("resumed from %s at epoch %d, batch %d (step %d)", checkpoint_path, state["epoch"], state["batch"],
                  state["step"])
-    net = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    net = (DistributedDataParallel(model, find_unused_parameters=builders.leaves_parameters_unused(config))
+           if world > 1 else model)
+    forward = torch.compile(net) if config.train.compile else net
     writer = MetricWriter(output_dir)
     val_set = builders.build_retrieval_set(config, splits["val"]) if splits["val"] else None
     if val_set is None:
@@ -123,12 +117,15 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     eval_transform = builders.build_eval_transform(config)
 
     def save(name: str) -> None:
+        """last.pth holds everything to resume; best.pth only the weights, state and config (no optimizer)."""
         rngs = all_gather_object(rng_state())
         if is_main_process():
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "train_state": dict(state),
-                         "rng": rngs, "config": config_to_dict(config), "code_version": code_version()},
-                        output_dir / name)
+            content = {"model": model.state_dict(), "train_state": dict(state), "config": config_to_dict(config),
+                       "code_version": code_version()}
+            if name != "best.pth":
+                content.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                               scaler=scaler.state_dict(), rng=rngs)
+            save_atomic(content, output_dir / name)
         barrier()
 
     guard.install()  # from here SIGINT/SIGTERM finish the step, save last.pth and stop
@@ -140,11 +137,18 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
                    initial=state["batch"], total=sampler.batches_per_epoch, unit="batch")
         started = time.time()
         for batch in bar:
+            length = longest_caption(batch["attention_mask"])  # on the host copy: no device sync
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device, config.train.amp):
-                losses = net(batch)
-            total = sum(weights[name] * value for name, value in losses.items())
-            scaler.scale(total / accumulate).backward()
+            batch["text_length"] = length
+            last_micro_batch = (state["batch"] + 1) % accumulate == 0
+            # DDP all-reduces gradients only on the last micro-batch of an accumulation
+            with (contextlib.nullcontext() if world == 1 or last_micro_batch else net.no_sync()):
+                with autocast(device, config.train.amp):
+                    losses = forward(batch)
+                ramp = linear_ramp(state["step"], config.loss.local_warmup_steps)  # ITM/ATP weight ramp
+                total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
+                            for name, value in losses.items())
+                scaler.scale(total / accumulate).backward()
             guard.observe(total)
             state["batch"] += 1
             if state["batch"] % accumulate:
@@ -161,9 +165,9 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
-            rate = micro_batch * world * (state["batch"] - bar.initial) / (time.time() - started)
-            bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
-            if state["step"] % config.train.log_every == 0:
+            if state["step"] % config.train.log_every == 0:  # reading losses waits for the device: log steps only
+                rate = micro_batch * world * (state["batch"] - bar.initial) / (time.time() - started)
+                bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
                 writer.write({"epoch": epoch, "loss": total.item(), "lr": scheduler.get_last_lr()[0],
                               "samples_per_s": rate, **{f"loss_{k}": v.item() for k, v in losses.items()}},
                              state["step"], "train/")
@@ -178,7 +182,7 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
         if val_set is not None and (state["epoch"] % config.train.eval_every == 0
                                     or state["epoch"] == config.train.epochs):
             results = evaluate(model, val_set, tokenizer, eval_transform, config.eval, device,
-                               config.model.max_text_len)
+                               config.model.max_text_len, config.data.num_workers)
             stage = "reranked" if config.eval.rerank else "global"
             log.info("epoch %d val %s: %s", state["epoch"], stage, _format(results[stage]))
             writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, state["step"], "val/")

@@ -15,9 +15,10 @@ from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
+from models.padding import longest_caption, trim_to_longest
 from models.registry import ModelSpec
 from utils.config_schema import LossConfig
-from utils.dist import all_gather_no_grad, all_gather_with_grad
+from utils.dist import all_gather_no_grad, all_gather_with_grad, get_world_size
 from utils.vocab import ENC_ID, IGNORE_INDEX
 
 
@@ -45,11 +46,15 @@ class CADA(CADABackbone):
         return ("itm_local_head.", "adaptive_atp.")
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of a batch; ``batch["text_length"]`` (int, optional) is the longest caption, if known
+        on the host (saves reading it back from the device)."""
         settings, wanted = self.objective, set(self.losses)
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["label"]
+        length = batch.get("text_length")
+        length = longest_caption(mask) if length is None else int(length)
         image_embeds = self.encode_image(batch["image"])  # (b, 1+N, Dv)
         image_proj = self.project_image(image_embeds)  # (b, 256) unnormalised
-        text_proj = self.project_text(self.encode_text(ids, mask))  # (b, 256)
+        text_proj = self.project_text(self.encode_text(*trim_to_longest(ids, mask, length=length)))  # (b, 256)
         labels_all = all_gather_no_grad(labels)  # (B,)
         losses = {}
         if "global" in wanted:
@@ -59,10 +64,18 @@ class CADA(CADABackbone):
                 labels_all, scale=settings.global_.scale,
                 weights=(settings.global_.forward_kl, settings.global_.reverse_kl, settings.global_.cross_entropy))
         if wanted & {"itm", "atp"}:
+            if self.fused_pass_trimmable():
+                ids, mask = trim_to_longest(ids, mask, length=length)
             losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj))
         if "ara" in wanted:
-            losses["ara"] = self._ara_loss(batch, image_embeds)
+            losses["ara"] = self._ara_loss(batch, image_embeds, length)
         return losses
+
+    def fused_pass_trimmable(self) -> bool:
+        """Whether the training fused pass may drop trailing padding: reference ATP averages fixed
+        position windows of the full padded length (padding included, or windows placed by L), so
+        only without ATP or with adaptive ATP (padding masked, groups from the valid tokens) is it exact."""
+        return "atp" not in self.losses or self.objective.atp.mode == "adaptive"
 
     def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj):
         """ITM and ATP share the fused passes over b positive and 2b hardest-negative pairs."""
@@ -80,9 +93,14 @@ class CADA(CADABackbone):
         # negatives: each text with its hardest image, then each image with its hardest text
         neg_ids = torch.cat([enc_ids, ids_all[neg_text]])  # (2b, L)
         neg_mask = torch.cat([mask, mask_all[neg_text]])
-        neg_images = torch.cat([image_embeds_all[neg_image], image_embeds])  # (2b, 1+N, Dv)
-        fused = self.fuse(torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask]),
-                          torch.cat([image_embeds, neg_images]))  # (3b, L, D)
+        # the 3b pairs use at most 2b distinct images (b at world size 1): project each one's keys/values once
+        own = torch.arange(b, device=ids.device)
+        if get_world_size() == 1:
+            distinct, pair_image = image_embeds, torch.cat([own, neg_image, own])
+        else:
+            distinct, pair_image = torch.cat([image_embeds, image_embeds_all[neg_image]]), torch.cat([own, own + b, own])
+        fused = self.fuse(torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask]), distinct,
+                          image_index=pair_image)  # (3b, L, D): pairs (text, image) as listed above
         fused_mask = torch.cat([mask, neg_mask])
         is_match = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(ids.device)
         losses = {}
@@ -100,10 +118,15 @@ class CADA(CADABackbone):
                 losses["atp"], _ = self.adaptive_atp(groups, valid, is_match, self.itm_local_head)
         return losses
 
-    def _ara_loss(self, batch, image_embeds):
-        """Predicts masked attribute words; the vocabulary projection runs on masked positions only."""
-        labels = batch["ara_labels"]  # (b, L), IGNORE_INDEX where not masked
-        hidden = self.decoder_hidden(batch["ara_input_ids"], batch["attention_mask"], image_embeds)  # (b, L, D)
+    def _ara_loss(self, batch, image_embeds, length: int):
+        """Predicts masked attribute words; the vocabulary projection runs on masked positions only.
+
+        The causal decoder runs on the captions trimmed to ``length``: padding comes after every real
+        token and is a masked key, so no kept position depends on it (docs/method.md, padding trimming).
+        """
+        ara_ids, mask, labels = trim_to_longest(batch["ara_input_ids"], batch["attention_mask"], batch["ara_labels"],
+                                                length=length)  # (b, L'); labels IGNORE_INDEX where not masked
+        hidden = self.decoder_hidden(ara_ids, mask, image_embeds)  # (b, L', D)
         selected = labels != IGNORE_INDEX
         logits = self.decoder_logits(hidden[selected])  # (M, V)
         return ara_loss(logits.float().unsqueeze(0), labels[selected].unsqueeze(0))

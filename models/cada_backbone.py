@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.med_bert import MedBert, TextDecoder
+from models.padding import trim_to_longest
 from models.registry import ModelSpec
 from models.vit import ImageEncoder
 
@@ -72,30 +73,36 @@ class CADABackbone(nn.Module):
         """L2-normalised text feature (B, E) for retrieval."""
         return F.normalize(self.project_text(text_embeds), dim=-1)
 
-    def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+    def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+             image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Multimodal states (B, L, Dt): the text encoder cross-attending to every image token.
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
             attention_mask: (B, L), 1 for real tokens.
-            image_embeds: (B, 1 + N, Dv) image tokens paired row by row with the texts.
+            image_embeds: (B, 1 + N, Dv) image tokens paired row by row with the texts, or with
+                ``image_index`` (B,) the (U, 1 + N, Dv) distinct images that row b takes as ``image_index[b]``.
         """
-        return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds)
+        return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds, image_index=image_index)
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """ITM logits (B, 2) from the fused states' first token; index 1 is the match class."""
         return self.itm_head(fused[:, 0])
 
-    def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        image_embeds: torch.Tensor) -> torch.Tensor:
+    def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                        image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking.
+
+        Only position 0 is read, so the texts are first trimmed to their longest caption (exact).
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
             attention_mask: (B, L), 1 for real tokens.
-            image_embeds: (B, 1 + N, Dv) image tokens.
+            image_embeds: (B, 1 + N, Dv) image tokens, or (U, 1 + N, Dv) distinct images indexed by
+                ``image_index`` (B,) (see :meth:`fuse`).
         """
-        fused = self.fuse(input_ids, attention_mask, image_embeds)
+        input_ids, attention_mask = trim_to_longest(input_ids, attention_mask)
+        fused = self.fuse(input_ids, attention_mask, image_embeds, image_index)
         return self.itm_head(fused[:, 0])[:, MATCH_CLASS]
 
     def decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

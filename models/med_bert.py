@@ -46,12 +46,19 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, heads, L, D/heads)
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
         """Attends (B, L, D) queries over (B, S, Dc) context; ``keep`` is a bool mask broadcastable to
-        (B, heads, L, S), True where attention is allowed, or None for no mask. Returns (B, L, D)."""
+        (B, heads, L, S), True where attention is allowed, or None for no mask. Returns (B, L, D).
+
+        With ``context_index`` (B,) long, ``context`` is (U, S, Dc) and row b attends over context
+        ``context_index[b]``: keys and values are projected once per distinct context and then gathered.
+        """
         query = self._split_heads(self.query(hidden))
-        key = self._split_heads(self.key(context))
+        key = self._split_heads(self.key(context))  # (B or U, heads, S, D/heads)
         value = self._split_heads(self.value(context))
+        if context_index is not None:
+            key, value = key[context_index], value[context_index]  # (B, heads, S, D/heads)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
         return attended.transpose(1, 2).flatten(2)  # (B, L, D)
@@ -78,8 +85,9 @@ class AttentionSublayer(nn.Module):
         self.self = MultiHeadAttention(width, heads, context_width, dropout)
         self.output = ResidualOutput(width, width, dropout)
 
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(hidden, context, keep), hidden)
+    def forward(self, hidden: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None,
+                context_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.output(self.self(hidden, context, keep, context_index), hidden)
 
 
 class Intermediate(nn.Module):
@@ -104,10 +112,10 @@ class MedLayer(nn.Module):
         self.output = ResidualOutput(ffn, width, dropout)
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
-                image_keep: torch.Tensor | None) -> torch.Tensor:
+                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.attention(hidden, hidden, self_keep)
         if image_embeds is not None:
-            hidden = self.crossattention(hidden, image_embeds, image_keep)
+            hidden = self.crossattention(hidden, image_embeds, image_keep, image_index)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -121,13 +129,14 @@ class MedLayerStack(nn.Module):
         self.grad_checkpointing = grad_checkpointing
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
-                image_keep: torch.Tensor | None) -> torch.Tensor:
+                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layer:
             if recompute:
-                hidden = checkpoint(layer, hidden, self_keep, image_embeds, image_keep, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, self_keep, image_embeds, image_keep, image_index,
+                                    use_reentrant=False)
             else:
-                hidden = layer(hidden, self_keep, image_embeds, image_keep)
+                hidden = layer(hidden, self_keep, image_embeds, image_keep, image_index)
         return hidden
 
 
@@ -186,7 +195,8 @@ class MedBert(nn.Module):
         self.apply(_init_bert_weights)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
-                image_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+                image_mask: torch.Tensor | None = None, causal: bool = False,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes token ids; returns hidden states (B, L, D).
 
         Args:
@@ -197,6 +207,10 @@ class MedBert(nn.Module):
                 skips cross-attention entirely.
             image_mask: (B, S), 1 for image tokens to attend to; None attends to all.
             causal: position t attends only to positions <= t (the decoder's self-attention).
+            image_index: (B,) long or None. When given, ``image_embeds`` (U, S, Dv) holds U distinct
+                images and row b cross-attends to image ``image_index[b]``; each layer projects the
+                keys and values of each distinct image once (re-ranking shares them between queries).
+                ``image_mask``, if given, is then (U, S).
         """
         length = input_ids.shape[1]
         self_keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
@@ -204,8 +218,10 @@ class MedBert(nn.Module):
             lower = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
             self_keep = self_keep & lower  # (B, 1, L, L)
         image_keep = None if image_mask is None else image_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        if image_keep is not None and image_index is not None:
+            image_keep = image_keep[image_index]
         hidden = self.embeddings(input_ids)  # (B, L, D)
-        return self.encoder(hidden, self_keep, image_embeds, image_keep)
+        return self.encoder(hidden, self_keep, image_embeds, image_keep, image_index)
 
 
 class PredictionTransform(nn.Module):

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from models.cada_backbone import CADABackbone
-from models.checkpoint_import import (BLIP_KEY_MAP, CheckpointMismatchError, KeyMap, load_pretrained,
-                                      remap_state_dict)
+from models.checkpoint_import import BLIP_KEY_MAP, CheckpointMismatchError, KeyMap, load_pretrained, remap_state_dict
 from models.registry import get_model_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import models.cada
-from models.cada import CADA
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
+from models.cada import CADA
 from models.registry import get_model_spec
 from utils.dist import all_gather_with_grad, get_world_size, init_distributed
 
@@ -66,8 +66,8 @@ def evaluate_small_set(model, folder) -> dict:
     from datasets.tokenization import build_tokenizer
     from datasets.transforms import build_image_transform
     from engine.evaluator import evaluate
-    from utils.config import EvalConfig
     from tests.test_two_stage import make_set
+    from utils.config import EvalConfig
 
     dataset = make_set(Path(folder))
     options = EvalConfig(batch_size=4, k_test=4, chunk_size=5, rerank_batch_queries=3)

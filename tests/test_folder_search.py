@@ -11,7 +11,6 @@ from PIL import Image
 import retrieve
 from datasets.records import clean_caption
 from datasets.tokenization import encode
-from utils.vocab import ENC_ID
 from engine.builders import build_eval_transform, build_model, tokenizer_for
 from engine.folder_index import INDEX_DIR_NAME, GalleryError, index_folder, list_images
 from engine.folder_search import load_search_model, search
@@ -19,6 +18,7 @@ from engine.visualize import RowLayout, line_height
 from models.checkpoint_import import CheckpointMismatchError
 from utils.checkpoint import save_atomic
 from utils.config import config_to_dict, load_config
+from utils.vocab import ENC_ID
 
 IMAGE_NAMES = ["a.png", "b.jpg", "sub/c.png", "sub/d.jpeg", "sub/deeper/e.bmp", "f.PNG"]
 QUERIES = ["A man in a red jacket, with a black backpack.", "a woman wearing blue jeans and white shoes",

@@ -154,3 +154,17 @@ def test_gradient_checkpointing_recomputes_layers_and_matches_plain_backward(mon
 def test_text_longer_than_the_position_table_is_rejected():
     with pytest.raises(ValueError, match="16 position"):
         _bert()(torch.ones(1, 17, dtype=torch.long), torch.ones(1, 17, dtype=torch.long))
+
+
+def test_shared_images_by_index_equal_repeated_images():
+    bert = _bert().eval()
+    generator = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, VOCAB, (5, 6), generator=generator)
+    mask = torch.ones(5, 6, dtype=torch.long)
+    mask[2, 3:] = 0
+    distinct = torch.randn(3, 5, IMAGE_WIDTH, generator=generator)
+    image_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 1, 1, 1]])
+    index = torch.tensor([2, 0, 2, 1, 0])
+    shared = bert(ids, mask, image_embeds=distinct, image_mask=image_mask, image_index=index)
+    repeated = bert(ids, mask, image_embeds=distinct[index], image_mask=image_mask[index])
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-5)

@@ -67,6 +67,19 @@ def test_match_logits_called_in_batches_with_global_query_indices():
     assert recorder.batch_sizes == [11]
 
 
+def test_query_order_groups_rows_and_leaves_the_result_unchanged():
+    cosines, logit_table = make_problem(1, num_queries=11, offset=5)
+    plain = rerank(cosines, 4, RecordingLogits(logit_table), query_offset=5, batch_queries=4)
+    order = torch.tensor([3, 9, 0, 10, 1, 2, 8, 4, 7, 6, 5])
+    recorder = RecordingLogits(logit_table)
+    grouped = rerank(cosines, 4, recorder, query_offset=5, batch_queries=4, query_order=order)
+    assert recorder.query_indices == (order + 5).tolist() and recorder.batch_sizes == [4, 4, 3]
+    assert torch.equal(grouped.scores, plain.scores)
+    assert torch.equal(grouped.candidate_logits, plain.candidate_logits)
+    with pytest.raises(ValueError, match="permutation"):
+        rerank(cosines, 4, recorder, query_order=torch.zeros(11, dtype=torch.long))
+
+
 def test_order_inside_top_k_is_exact_for_nearly_equal_combined_scores():
     # cos + logit differ by one fp32 ulp of the logit (~1e-6); adding an offset in fp32 would merge them and
     # fall back to gallery order (index 0 first). The larger combined score must win.
@@ -98,3 +111,36 @@ def test_bad_inputs_raise():
         topk_candidates(cosines, 0)
     with pytest.raises(ValueError, match="NaN"):
         topk_candidates(torch.tensor([[0.1, float("nan"), 0.3]]), 2)
+
+
+@torch.no_grad()
+def test_shared_itm_scorer_equals_pair_by_pair_full_length_scores():
+    from engine.rerank import length_order, shared_itm_scorer
+    from models.cada_backbone import CADABackbone
+    from models.registry import get_model_spec
+    torch.manual_seed(0)
+    model = CADABackbone(get_model_spec("cada_tiny"), (32, 16)).eval()
+    generator = torch.Generator().manual_seed(5)
+    lengths = [4, 11, 7, 2, 9, 6]
+    ids = torch.zeros(6, 73, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(1000, 2000, (length,), generator=generator)
+        mask[row, :length] = 1
+    image_tokens = model.encode_image(torch.randn(9, 3, 32, 16, generator=generator))  # (9, 1+N, D)
+    cosines = torch.rand(6, 9, generator=generator)
+
+    def pair_by_pair(query_index, gallery_index):  # today's slow path: one full-length pass per pair
+        return torch.stack([torch.stack([model.itm_head(model.fuse(ids[q:q + 1], mask[q:q + 1],
+                                                                   image_tokens[g:g + 1])[:, 0])[0, 1]
+                                         for g in row.tolist()]) for q, row in zip(query_index.tolist(), gallery_index)])
+
+    slow = rerank(cosines, 4, pair_by_pair)
+    scorer = shared_itm_scorer(model, ids, mask, image_tokens, torch.device("cpu"))
+    fast = rerank(cosines, 4, scorer, batch_queries=4, query_order=length_order(mask))
+    assert length_order(mask).tolist() == [3, 0, 5, 2, 4, 1]
+    torch.testing.assert_close(fast.candidate_logits, slow.candidate_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.scores.argsort(dim=1, descending=True, stable=True),
+                       slow.scores.argsort(dim=1, descending=True, stable=True))
+    bf16 = rerank(cosines, 4, shared_itm_scorer(model, ids, mask, image_tokens, torch.device("cpu"), amp="bf16"))
+    torch.testing.assert_close(bf16.candidate_logits, slow.candidate_logits, atol=0.1, rtol=0.05)

@@ -9,8 +9,17 @@ from PIL import Image
 
 from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.registry import load_records
-from datasets.synthetic import (ATTRIBUTE_KINDS, COLOURS, HAIR_COLOURS, Identity, describe, generate_dataset,
-                                render_person, sample_identity, split_sizes)
+from datasets.synthetic import (
+    ATTRIBUTE_KINDS,
+    COLOURS,
+    HAIR_COLOURS,
+    Identity,
+    describe,
+    generate_dataset,
+    render_person,
+    sample_identity,
+    split_sizes,
+)
 from datasets.synthetic import generate as generate_module
 from datasets.synthetic.identity import sample_identities
 
@@ -72,7 +81,7 @@ def test_reads_back_as_cuhk_pedes_with_identity_disjoint_splits(dataset):
     assert all(len(r.captions) == 2 and r.captions[0] != r.captions[1] for r in records)
     assert Image.open(records[0].image_path).size == (64, 128)
     raw = json.loads((dataset / "reid_raw.json").read_text())
-    assert set(raw[0]) == {"split", "captions", "file_path", "processed_tokens", "id", "attributes"}
+    assert set(raw[0]) == {"split", "captions", "file_path", "processed_tokens", "id", "attributes", "mentions"}
     assert raw[0]["processed_tokens"][0] == words(raw[0]["captions"][0])
 
 

@@ -6,13 +6,13 @@ from PIL import Image
 from datasets.person_search import RetrievalSet
 from datasets.records import PersonRecord
 from datasets.tokenization import build_tokenizer, encode
-from utils.vocab import ENC_ID
 from datasets.transforms import build_image_transform
 from engine.evaluator import evaluate
-from utils.config import EvalConfig
 from models.cada import CADA
 from models.registry import get_model_spec
+from utils.config import EvalConfig
 from utils.metrics import retrieval_metrics
+from utils.vocab import ENC_ID
 
 SIZE = (64, 32)
 

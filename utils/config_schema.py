@@ -48,6 +48,7 @@ class DataConfig:
     synthetic_ids: Annotated[int, Range(2)] = 600  # identities generated when the synthetic folder is missing
     synthetic_images_per_id: PositiveInt = 4
     synthetic_seed: int = 0
+    synthetic_fresh_renders: bool = False  # synthetic only: draw each training photo anew per (epoch, sample)
     val_from_train: Annotated[float, Range(0.0, 0.9)] = 0.0  # training identities carved out as val (ICFG)
     val_seed: int = 0
     # Pairs per optimisation step over all processes and micro-batches; the reference trains CUHK-PEDES
@@ -104,6 +105,7 @@ class LossConfig:
     itm: ITMLossConfig = field(default_factory=ITMLossConfig)
     atp: ATPLossConfig = field(default_factory=ATPLossConfig)
     ara: ARALossConfig = field(default_factory=ARALossConfig)
+    local_warmup_steps: NonNegativeInt = 0  # ITM and ATP weights ramp linearly from 0 over these steps
 
     def weights(self) -> dict[str, float]:
         """Each loss term's weight by name; a weight of 0 switches the term off."""
@@ -158,6 +160,7 @@ class EvalConfig:
     amp: Precision = "off"
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE  # queries scored at once; bounds memory
     rerank_batch_queries: PositiveInt = 16
+    rerank_logit_weight: NonNegativeFloat = 1.0  # stage 2 orders the top k by cos + weight * ITM logit (reference: 1)
     image_tokens_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     image_tokens_device: str = "auto"  # auto | cpu | cuda | cuda:N
     image_to_text: bool = False

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warm-up, then a cosine decay to ``min_lr``, per epoch or per step."""
+"""Per-step schedules: the learning rate (linear warm-up, then a cosine decay to ``min_lr``, per epoch or per
+step) and the ramp of the local (ITM, ATP) loss weights."""
 from __future__ import annotations
 
 import math
@@ -28,3 +29,11 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str = "cos
         return (step + 1) / warmup_steps
     total_steps = steps_per_epoch * epochs
     return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps), min_ratio)
+
+
+def linear_ramp(step: int, ramp_steps: int) -> float:
+    """Loss-weight multiplier at optimisation step ``step`` (0-based): min(1, step / ramp_steps); 1 if ramp_steps = 0.
+
+    Starts at 0: hard negatives picked by an untrained model carry no signal in the first steps.
+    """
+    return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0

@@ -1,10 +1,12 @@
 """Writes a synthetic dataset in the exact CUHK-PEDES format, atomically.
 
 Layout: ``out_dir/reid_raw.json`` (a list of records ``{split, captions, file_path, processed_tokens, id,
-attributes}``; ``file_path`` relative to ``imgs/``, ``id`` 1-based, ``attributes`` the identity as drawn,
-ignored by the readers) and ``out_dir/imgs/<split>/pNNNNN_sKK.jpg``, plus ``generator.json`` with the
-generation parameters. Splits are by identity with increasing ids: train first, then val, then test.
-Everything is a function of the seed: the same arguments give byte-identical JSON and images.
+attributes, mentions}``; ``file_path`` relative to ``imgs/``, ``id`` 1-based, ``attributes`` the identity as
+drawn and ``mentions`` the attribute kinds each caption describes, both ignored by the readers and used by
+:mod:`datasets.synthetic.oracle` and :mod:`datasets.synthetic.fresh`) and
+``out_dir/imgs/<split>/pNNNNN_sKK.jpg``, plus ``generator.json`` with the generation parameters. Splits are by
+identity with increasing ids: train first, then val, then test. Everything is a function of the seed: the same
+arguments give byte-identical JSON and images.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from datasets.synthetic.render import render_person
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: records name the kinds each caption mentions
 ANNOTATION_FILE = "reid_raw.json"
 METADATA_FILE = "generator.json"
 CAPTIONS_PER_IMAGE = 2
@@ -116,7 +118,8 @@ def _write_dataset(folder: Path, num_ids: int, seed: int, images_per_id: int, si
             relative_path = f"{split}/p{person_id:05d}_s{shot:02d}.jpg"
             image = render_person(seen, rng, image_size)
             image.save(folder / "imgs" / relative_path, quality=JPEG_QUALITY, subsampling=0)
-            captions = [describe(seen, rng, kinds) for kinds in _pair_of_mentions(rng)]
+            mentions = _pair_of_mentions(rng)
+            captions = [describe(seen, rng, kinds) for kinds in mentions]
             records.append({
                 "split": split,
                 "captions": captions,
@@ -124,6 +127,7 @@ def _write_dataset(folder: Path, num_ids: int, seed: int, images_per_id: int, si
                 "processed_tokens": [_TOKEN.findall(c.lower()) for c in captions],
                 "id": person_id,
                 "attributes": dict(vars(seen)),  # field order; Identity is flat
+                "mentions": [list(kinds) for kinds in mentions],
             })
     (folder / ANNOTATION_FILE).write_text(json.dumps(records), encoding="utf-8")
 

@@ -1,0 +1,122 @@
+"""Shared pieces of the benchmarks: CUHK-PEDES-like captions, batches, timing, peak memory, output.
+
+Peak memory on CPU is the process's resident high-water mark (Linux ``VmHWM``, reset through
+``/proc/self/clear_refs``); on CUDA it is ``torch.cuda.max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups  # noqa: E402
+from datasets.attributes import attribute_candidates  # noqa: E402
+from datasets.synthetic import describe, sample_identity  # noqa: E402
+from datasets.tokenization import encode  # noqa: E402
+
+CUHK_MEAN_WORDS, CUHK_STD_WORDS = 23.5, 7.0  # CUHK-PEDES caption length in words
+MAX_TEXT_LEN = 73
+ARA_PROB = 0.4
+
+
+def cuhk_like_captions(count: int, seed: int = 0, mean_words: float = CUHK_MEAN_WORDS) -> list[str]:
+    """Synthetic captions whose word counts follow N(mean, 7^2) clipped to [6, 70] (CUHK-PEDES: 23.5 on average)."""
+    rng = np.random.default_rng(seed)
+    captions = []
+    for _ in range(count):
+        target = int(np.clip(round(rng.normal(mean_words, CUHK_STD_WORDS)), 6, 70))
+        words: list[str] = []
+        while len(words) < target:
+            words += describe(sample_identity(rng), rng).lower().split()
+        captions.append(" ".join(words[:target]))
+    return captions
+
+
+def prepare_text(captions: list[str], tokenizer, tagger, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Token ids, mask and ARA-masked ids/labels of captions: tokenised and POS-tagged from scratch."""
+    ids, mask = encode(tokenizer, captions, MAX_TEXT_LEN)
+    groups = pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, max_len=MAX_TEXT_LEN)
+                                    for c in captions], MAX_TEXT_LEN)
+    ara_ids, ara_labels = mask_attribute_tokens(ids, groups, ARA_PROB, generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "ara_input_ids": ara_ids, "ara_labels": ara_labels}
+
+
+def train_batch(text: dict[str, torch.Tensor], image_size: tuple[int, int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """A training batch: random images, two captions per person (labels 0, 0, 1, 1, ...)."""
+    batch = len(text["input_ids"])
+    generator = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(batch, 3, *image_size, generator=generator),
+            "label": torch.arange(batch) // 2, **text}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory since the last reset: allocated CUDA memory, or resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Mean seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_threads() -> None:
+    """Uses the cores given by OMP_NUM_THREADS (default: all)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """A plain-text table of ``rows`` (dicts) on stdout; floats with 3 significant digits."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return "" if value is None else str(value)
+    table = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    print(f"\n{title}")
+    for n, line in enumerate(table):
+        print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
+        if n == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def emit(name: str, result: dict, as_json: bool) -> None:
+    """Prints the result as one JSON line (``--json``) after the table."""
+    if as_json:
+        print(json.dumps({"benchmark": name, **result}))

@@ -1,0 +1,22 @@
+"""``train.compile``: a torch.compile'd tiny CADA gives the eager losses and gradients on CPU."""
+import shutil
+
+import pytest
+import torch
+
+from models.cada import CADA
+from models.registry import get_model_spec
+from tests.test_trimming import SIZE, assert_same, losses_and_grads, training_batch
+
+compiler_missing = not (hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
+                        and (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")))
+
+
+@pytest.mark.skipif(compiler_missing, reason="torch.compile needs dynamo and a C++ compiler")
+def test_compiled_step_equals_eager():
+    torch.manual_seed(0)
+    model = CADA(get_model_spec("cada_tiny"), SIZE).eval()  # eval: no dropout, so both runs draw nothing
+    batch = training_batch()
+    eager = losses_and_grads(model, batch)
+    compiled = torch.compile(model)
+    assert_same(losses_and_grads(model, batch, compiled), eager)
