@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import data_pipeline, eval_two_stage, train_step
@@ -16,12 +17,14 @@ from models.registry import get_model_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_step_baseline_computes_the_same_losses():
     differences = train_step.check_equal(batch=4)
     assert set(differences) == {"global", "itm", "atp", "ara"}
     assert max(differences.values()) < 1e-5, differences
 
 
+@pytest.mark.slow
 def test_eval_baseline_and_fast_path_rank_the_same_and_captions_look_like_cuhk():
     torch.manual_seed(0)
     model = CADABackbone(get_model_spec("cada_tiny"), (32, 16)).eval()
@@ -41,6 +44,7 @@ def test_data_pipeline_delivers_every_batch(tmp_path):
     assert data_pipeline.loader_rate(dataset, 4, 0, epochs=1) > 0
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_on_cpu_with_tiny_and_writes_its_json(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"], env=env, capture_output=True,

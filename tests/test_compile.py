@@ -12,6 +12,7 @@ compiler_missing = not (hasattr(torch, "compile") and torch._dynamo.is_dynamo_su
                         and (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(compiler_missing, reason="torch.compile needs dynamo and a C++ compiler")
 def test_compiled_step_equals_eager():
     torch.manual_seed(0)

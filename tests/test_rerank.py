@@ -113,6 +113,7 @@ def test_bad_inputs_raise():
         topk_candidates(torch.tensor([[0.1, float("nan"), 0.3]]), 2)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_shared_itm_scorer_equals_pair_by_pair_full_length_scores():
     from engine.rerank import length_order, shared_itm_scorer

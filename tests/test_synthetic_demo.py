@@ -104,6 +104,7 @@ def test_linear_ramp_by_hand():
     assert linear_ramp(0, 0) == 1.0
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_zero_logit_weight_keeps_the_cosine_ranking(dataset):
     torch.manual_seed(0)

@@ -88,6 +88,7 @@ def assert_same(first, second):
         torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_setting", ["reference", "adaptive", "itm_only", "mask_padding"])
 def test_trimmed_training_losses_and_gradients_equal_untrimmed(loss_setting, monkeypatch):
     import models.cada as cada_module
@@ -108,6 +109,7 @@ def test_trimmed_training_losses_and_gradients_equal_untrimmed(loss_setting, mon
     assert_same(trimmed, losses_and_grads(model, batch))
 
 
+@pytest.mark.slow
 def test_training_losses_and_gradients_equal_the_authors_way():
     """Trimming, shared image keys/values and masked-only logits against an independent full-length version."""
     from benchmarks.train_step import baseline_losses
