@@ -22,12 +22,13 @@ from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
 from models.padding import longest_caption
-from utils.checkpoint import code_version, load_checkpoint, rng_state, save_atomic, set_rng_state
+from utils.checkpoint import (code_version, load_checkpoint, remove_stale_temp_files, rng_state, save_atomic,
+                              set_rng_state)
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.interrupt import ignore_interrupt_in_worker
 from utils.precision import autocast
-from utils.run_folder import claim_run_folder, remove_stale_temp_files
+from utils.run_folder import claim_run_folder
 from utils.run_log import MetricWriter, environment_info, setup_logging
 from utils.schedule import linear_ramp, lr_factor
 

@@ -204,12 +204,3 @@ def claim_run_folder(config: Config, folder: str | Path) -> RunFolder:
     if finished and claimed.finished_results is None:  # other ranks only need to know
         claimed.finished_results = {}
     return claimed
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Deletes the ``.NAME.tmp-PID`` files of interrupted saves in a folder this run has locked."""
-    removed = sorted(Path(folder).glob(".*.tmp-*"))
-    for path in removed:
-        path.unlink(missing_ok=True)
-        log.warning("removed %s, left by an interrupted save", path)
-    return removed
