@@ -85,13 +85,17 @@ def micro_batch_size(config: Config, world_size: int) -> int:
     return micro
 
 
-def build_model(config: Config, load_weights: bool = True, weights: str | Path | None = None) -> CADA:
-    """Builds the model and loads ``weights`` (default ``model.pretrained``: BLIP, CADA or our checkpoints)."""
+def build_model(config: Config, load_weights: bool = True, weights: str | Path | None = None,
+                checkpoint: dict | None = None) -> CADA:
+    """Builds the model and loads ``weights`` (default ``model.pretrained``: BLIP, CADA or our checkpoints).
+
+    ``checkpoint`` is the content of ``weights`` when the caller has already read the file.
+    """
     model = CADA(get_model_spec(config.model.name), tuple(config.model.image_size), config.loss,
                  decoder_causal=config.model.decoder_causal, grad_checkpointing=config.train.grad_checkpointing)
     path = weights or config.model.pretrained
     if load_weights and path:
-        load_pretrained(model, path, allow_missing=model.new_parameter_prefixes())
+        load_pretrained(model, path, allow_missing=model.new_parameter_prefixes(), checkpoint=checkpoint)
     return model
 
 

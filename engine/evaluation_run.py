@@ -46,22 +46,25 @@ def draw_queries(results: dict, dataset, settings: EvalConfig, output_dir: Path,
                              stage)
 
 
-def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: list[str]):
-    """The given YAML, or else the config stored in our checkpoint, with overrides applied."""
+def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: list[str]) -> tuple[Config, dict]:
+    """Reads the checkpoint once; returns the given YAML's config (or else the checkpoint's own, with overrides
+    applied) and the checkpoint's content, for :func:`engine.builders.build_model`."""
+    content = load_checkpoint(checkpoint)
     if config_path is not None:
-        return load_config(config_path, overrides)
-    stored = load_checkpoint(checkpoint).get("config")
+        return load_config(config_path, overrides), content
+    stored = content.get("config") if isinstance(content, dict) else None
     if stored is None:
         raise CheckpointError(f"{checkpoint} holds no config (a BLIP/CADA release?): give a config YAML for it")
-    return config_from_dict(stored, overrides)
+    return config_from_dict(stored, overrides), content
 
 
 def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str]) -> dict:
-    config = resolve_config(checkpoint, config_path, overrides)
+    config, content = resolve_config(checkpoint, config_path, overrides)
     device = init_distributed(config.train.device)
     output_dir = Path(checkpoint).resolve().parent / f"eval_{Path(checkpoint).stem}_{config.eval.split}"
     setup_logging(output_dir)
-    model = builders.build_model(config, weights=checkpoint)
+    model = builders.build_model(config, weights=checkpoint, checkpoint=content)
+    del content
     model.to(device)
     splits = builders.load_splits(config, needed=(config.eval.split,))
     return run_test(config, model, builders.tokenizer_for(config), splits, device, output_dir, Path(checkpoint))

@@ -63,8 +63,8 @@ def load_search_model(checkpoint: str | Path, config_path: str | None = None, de
     Raises:
         models.checkpoint_import.CheckpointMismatchError: the weights do not fit the configured architecture.
     """
-    config = resolve_config(checkpoint, config_path, [])
-    model = builders.build_model(config, weights=checkpoint)
+    config, content = resolve_config(checkpoint, config_path, [])
+    model = builders.build_model(config, weights=checkpoint, checkpoint=content)
     return model.to(device).eval(), config
 
 

@@ -22,8 +22,14 @@ from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
 from models.padding import longest_caption
-from utils.checkpoint import (code_version, load_checkpoint, remove_stale_temp_files, rng_state, save_atomic,
-                              set_rng_state)
+from utils.checkpoint import (
+    code_version,
+    load_checkpoint,
+    remove_stale_temp_files,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
 from utils.interrupt import ignore_interrupt_in_worker
@@ -87,7 +93,8 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
                         pin_memory=device.type == "cuda", drop_last=True,
                         generator=torch.Generator(),  # own generator: the loader must not consume the global RNG
                         worker_init_fn=ignore_interrupt_in_worker)
-    model = builders.build_model(config).to(device)
+    checkpoint_path = resume_path(config, output_dir)
+    model = builders.build_model(config, load_weights=checkpoint_path is None).to(device)  # resume: last.pth only
     optimizer = builders.build_optimizer(config, model)
     steps_per_epoch = sampler.batches_per_epoch // accumulate
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
@@ -97,7 +104,6 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     weights = config.loss.weights()
     state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": float("-inf"), "best_epoch": -1}
 
-    checkpoint_path = resume_path(config, output_dir)
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         model.load_state_dict(checkpoint["model"])

@@ -186,7 +186,8 @@ def _check_tied_values(model: nn.Module, mapped: dict[str, torch.Tensor], source
 
 
 def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str, ...] = BLIP_EXPECTED_MISSING,
-                    source_grid: tuple[int, int] | None = None, key_map: KeyMap = BLIP_KEY_MAP) -> LoadReport:
+                    source_grid: tuple[int, int] | None = None, key_map: KeyMap = BLIP_KEY_MAP,
+                    checkpoint: dict | None = None) -> LoadReport:
     """Loads a ``{'model': state_dict, ...}`` checkpoint into ``model`` strictly.
 
     Args:
@@ -198,6 +199,7 @@ def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str
         source_grid: the checkpoint's patch grid; None takes it from our checkpoints' stored config, else
             assumes a square one (BLIP's and the CADA release's 14x14).
         key_map: drop and rename rules.
+        checkpoint: the file's content when the caller has already read it (each file is read once).
 
     Raises:
         utils.errors.CheckpointError: the file is missing, empty, truncated or not a weights-only torch file.
@@ -205,7 +207,8 @@ def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str
             mis-shaped keys, or tied keys with different values.
     """
     path = Path(path)
-    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         found = sorted(checkpoint)[:MAX_LISTED_KEYS] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointMismatchError(
