@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from datasets.images import load_rgb
-from datasets.records import clean_caption
+from datasets.records import clean_caption, read_utf8
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import encode_queries, itm_scorer, top_n
@@ -145,7 +145,7 @@ def read_queries_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"queries file not found: {path}")
-    queries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    queries = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
     if not queries:
         raise DataError(f"{path} holds no queries (expected one description per line)")
     return queries

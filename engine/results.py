@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets.person_search import RetrievalSet
+from datasets.records import read_utf8
 from utils.config import Config, config_to_dict
 from utils.errors import DataError
 
@@ -118,7 +119,7 @@ def _read_stages(path: Path) -> tuple[dict, dict[str, dict]]:
     if not path.is_file():
         raise DataError(f"results file not found: {path}")
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_utf8(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error})") from error
     for key in ("dataset", "split", "checkpoint_sha256", "stages"):

@@ -225,3 +225,14 @@ def test_checkpoint_of_another_architecture_names_mismatching_keys(checkpoint, g
         load_search_model(foreign)
     with pytest.raises(CheckpointMismatchError, match=r"text_proj\.weight"):
         retrieve.main(["--checkpoint", str(foreign), "--gallery", str(gallery), "--query", "a man", "--out", ""])
+
+
+def test_queries_file_in_another_encoding_is_named(tmp_path):
+    from engine.folder_search import read_queries_file
+    from utils.errors import DataError
+    path = tmp_path / "queries.txt"
+    path.write_bytes("une personne \xe9l\xe9gante\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"queries.txt: not UTF-8 \(byte 0xe9 at offset 13\)"):
+        read_queries_file(path)
+    path.write_text("a man in a red coat\n\n  a woman  \n", encoding="utf-8")
+    assert read_queries_file(path) == ["a man in a red coat", "a woman"]

@@ -30,7 +30,8 @@ def debug_requested(argv: list[str]) -> bool:
 
 def report(message: str) -> None:
     """Writes ``message`` on stderr as is, and into every log file the root logger writes (``log.txt``)."""
-    print(message, file=sys.stderr, flush=True)
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
     record = logging.LogRecord("cada", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
