@@ -74,9 +74,10 @@ def test_a_finished_run_is_returned_or_refused(tmp_path):
     dump_config(config, tmp_path / "config.yaml")
     (tmp_path / "results.json").write_text(json.dumps({"stages": {"global": {"R1": 12.5}}}))
     assert check_folder(synthetic("eval.k_test=4"), tmp_path) == {"stages": {"global": {"R1": 12.5}}}
-    with pytest.raises(RunFolderError, match=r"(?s)finished run with other settings:\n  train.epochs: stored 7, "
-                                             r"now 8\ntrain into a new train.output_dir"):
-        check_folder(synthetic("train.epochs=8"), tmp_path)
+    stored_epochs = config.train.epochs
+    with pytest.raises(RunFolderError, match=rf"(?s)finished run with other settings:\n  train.epochs: stored "
+                                             rf"{stored_epochs}, now {stored_epochs + 1}\ntrain into a new train.output_dir"):
+        check_folder(synthetic(f"train.epochs={stored_epochs + 1}"), tmp_path)
 
 
 def test_checkpoints_are_continued_only_by_auto_resume_with_the_same_settings(tmp_path):
