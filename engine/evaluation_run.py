@@ -9,7 +9,7 @@ from datasets.synthetic.oracle import oracle_metrics
 from engine import builders
 from engine.evaluator import evaluate
 from engine.results import write_results
-from engine.visualize import check_selection, select_queries, write_query_grids
+from engine.visualize import select_queries, write_query_grids
 from utils.checkpoint import load_checkpoint
 from utils.config import Config, EvalConfig, config_from_dict, load_config
 from utils.dist import init_distributed, is_main_process
@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
     """Evaluates ``model`` on ``eval.split``; writes ``results.json``, per-query CSVs and (``eval.visualize``) grids."""
     dataset = builders.build_retrieval_set(config, splits[config.eval.split])
-    pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"
-    if pictures:
-        check_selection(config.eval.visualize_mode, config.eval.visualize_ids)
+    pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"  # mode and ids checked at load
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
                        config.model.max_text_len, config.data.num_workers)
     if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
