@@ -95,7 +95,7 @@ class TrainPairs(Dataset):
         path = self.image_paths[index]
         image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
-            torch.manual_seed(image_seed)
+            torch.default_generator.manual_seed(image_seed)  # CPU only: torch.manual_seed also queues a CUDA seed
             image = self.transform(image)
         sample = {"image": image, "input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
                   "label": self.labels[index]}

@@ -36,7 +36,7 @@ from utils.interrupt import ignore_interrupt_in_worker
 from utils.precision import autocast
 from utils.run_folder import claim_run_folder
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import linear_ramp, lr_factor
+from utils.schedule import local_loss_weight, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,12 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             batch["text_length"] = length
             last_micro_batch = (state["batch"] + 1) % accumulate == 0
             # DDP all-reduces gradients only on the last micro-batch of an accumulation
+            # ITM/ATP: not computed before loss.local_start_step, then their weights ramp in
+            local = local_loss_weight(state["step"], config.loss.local_start_step, config.loss.local_warmup_steps)
             with (contextlib.nullcontext() if world == 1 or last_micro_batch else net.no_sync()):
                 with autocast(device, config.train.amp):
-                    losses = forward(batch)
-                ramp = linear_ramp(state["step"], config.loss.local_warmup_steps)  # ITM/ATP weight ramp
-                total = sum(weights[name] * (ramp if name in ("itm", "atp") else 1.0) * value
+                    losses = forward(batch, local=state["step"] >= config.loss.local_start_step)
+                total = sum(weights[name] * (local if name in ("itm", "atp") else 1.0) * value
                             for name, value in losses.items())
                 scaler.scale(total / accumulate).backward()
             guard.observe(total)

@@ -45,10 +45,13 @@ class CADA(CADABackbone):
         """Parameters that no pre-trained checkpoint holds (BLIP lacks the ATP heads)."""
         return ("itm_local_head.", "adaptive_atp.")
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], local: bool = True) -> dict[str, torch.Tensor]:
         """Losses of a batch; ``batch["text_length"]`` (int, optional) is the longest caption, if known
-        on the host (saves reading it back from the device)."""
+        on the host (saves reading it back from the device). ``local=False`` leaves out ITM and ATP and
+        their fused pass (before ``loss.local_start_step``)."""
         settings, wanted = self.objective, set(self.losses)
+        if not local:
+            wanted -= {"itm", "atp"}
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["label"]
         length = batch.get("text_length")
         length = longest_caption(mask) if length is None else int(length)

@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 TINY_OVERRIDES = [
     "data.synthetic_ids=40", "data.global_batch_size=16", "data.instances_per_id=2", "data.num_workers=0",
     "train.epochs=3", "train.eval_every=1", "train.log_every=5", "optim.warmup_steps=5",
-    "eval.batch_size=32", "eval.k_test=4",
+    "eval.batch_size=32", "eval.k_test=4", "loss.local_start_step=5", "loss.local_warmup_steps=5",
 ]
 
 

@@ -133,7 +133,8 @@ def test_non_finite_loss_stops_naming_step_terms_and_lr_without_saving_it(data_r
     output_dir = tmp_path / "run"
     output_dir.mkdir()
     (output_dir / ".last.pth.tmp-999999").write_bytes(b"half a checkpoint")  # left by a crashed save
-    completed = run_train(data_root, output_dir, "optim.lr=1e30", "optim.warmup_steps=0", "train.save_every_steps=1")
+    completed = run_train(data_root, output_dir, "optim.lr=1e30", "optim.warmup_steps=0", "train.save_every_steps=1",
+                          "loss.local_start_step=0")  # all four terms from the first step, to be named
     assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
     error = re.search(r"error: non-finite loss at step (\d+) \(epoch 1\): global (\S+), itm (\S+), atp (\S+), "
                       r"ara (\S+); lr (\S+)", completed.stderr)

@@ -180,3 +180,22 @@ def test_generation_renders_each_image_once_at_the_requested_size(tmp_path, monk
     assert listed == sorted(str(p.relative_to(folder / "imgs")) for p in (folder / "imgs").rglob("*.jpg"))
     assert len(listed) == 100
     assert {Image.open(folder / "imgs" / path).size for path in listed} == {(48, 96)}  # (W, H)
+
+
+def test_extra_train_identities_leave_val_and_test_byte_for_byte(dataset, tmp_path):
+    """Extra identities are drawn after the split ones and go to train only: val and test keep every record
+    and every image byte, and the extra people are new, distinct and labelled from NUM_IDS + 1."""
+    grown = generate_dataset(tmp_path / "grown", NUM_IDS, seed=3, images_per_id=IMAGES_PER_ID, extra_train_ids=5)
+    before = json.loads((dataset / "reid_raw.json").read_text())
+    after = json.loads((grown / "reid_raw.json").read_text())
+    assert after[:len(before)] == before
+    extra = after[len(before):]
+    assert len(extra) == 5 * IMAGES_PER_ID and {r["split"] for r in extra} == {"train"}
+    assert sorted({r["id"] for r in extra}) == list(range(NUM_IDS + 1, NUM_IDS + 6))
+    for record in before:
+        if record["split"] != "train":
+            path = record["file_path"]
+            assert (grown / "imgs" / path).read_bytes() == (dataset / "imgs" / path).read_bytes(), path
+    described = {Identity(**r["attributes"]).described_key() for r in after if r["file_path"].endswith("_s00.jpg")}
+    assert len(described) == NUM_IDS + 5  # mirroring keeps what a caption describes apart from the bag side
+    assert json.loads((grown / "generator.json").read_text())["extra_train_ids"] == 5

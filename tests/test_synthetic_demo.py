@@ -18,7 +18,9 @@ from engine.evaluator import evaluate
 from models.cada import CADA
 from models.registry import get_model_spec
 from utils.config import EvalConfig
-from utils.schedule import linear_ramp
+from engine.builders import leaves_parameters_unused
+from utils.config import load_config
+from utils.schedule import linear_ramp, local_loss_weight
 
 
 def person(**changes) -> Identity:
@@ -102,6 +104,46 @@ def test_train_pairs_use_the_renderer(dataset):
 def test_linear_ramp_by_hand():
     assert [linear_ramp(s, 4) for s in (0, 1, 2, 4, 9)] == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert linear_ramp(0, 0) == 1.0
+
+
+def test_local_loss_weight_by_hand():
+    assert [local_loss_weight(s, 3, 4) for s in (0, 2, 3, 4, 5, 7, 20)] == [0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    assert [local_loss_weight(s, 2, 0) for s in (0, 1, 2, 3)] == [0.0, 0.0, 1.0, 1.0]
+    assert local_loss_weight(0, 0, 0) == 1.0
+
+
+def test_a_delayed_start_asks_ddp_to_find_unused_parameters():
+    assert not leaves_parameters_unused(load_config("configs/cuhk_pedes.yaml"))
+    assert leaves_parameters_unused(load_config("configs/cuhk_pedes.yaml", ["loss.local_start_step=10"]))
+
+
+@pytest.mark.parametrize("atp_mode", ["reference", "adaptive"])
+def test_without_local_terms_the_other_losses_and_gradients_are_unchanged(atp_mode):
+    """``local=False`` skips ITM, ATP and their fused pass; global and ARA (and their gradients) stay the same."""
+    from tests.test_trimming import SIZE, training_batch
+    from utils.config import LossConfig
+    torch.manual_seed(0)
+    objective = LossConfig()
+    objective.atp.mode = atp_mode
+    model = CADA(get_model_spec("cada_tiny"), SIZE, objective)
+    batch = training_batch()
+
+    def losses_and_grads(local):
+        model.zero_grad(set_to_none=True)
+        losses = model(batch, local=local)
+        (losses["global"] + losses["ara"]).backward()
+        return losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    skipped, skipped_grads = losses_and_grads(False)
+    full, full_grads = losses_and_grads(True)
+    assert set(skipped) == {"global", "ara"} and set(full) == {"global", "itm", "atp", "ara"}
+    for name in ("global", "ara"):
+        torch.testing.assert_close(skipped[name], full[name])
+    # the heads and cross-attention that only the fused pass uses get no gradient at all when skipped
+    assert not any(n.startswith(("itm_head", "itm_local_head", "adaptive_atp")) for n in skipped_grads)
+    assert not any("text_encoder." in n and "crossattention" in n for n in skipped_grads)
+    for name, grad in skipped_grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.slow

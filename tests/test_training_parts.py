@@ -42,6 +42,34 @@ def test_parameter_groups_weight_decay_and_new_head_lr():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
+def test_fused_cpu_adamw_equals_adamw_written_out():
+    """The optimizer is torch's fused AdamW on CPU too; three steps equal the update written out by hand:
+    m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, p = p (1 - lr wd) - lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    config = load_config("configs/synthetic.yaml", ["optim.lr=0.01", "optim.weight_decay=0.1"])
+    torch.manual_seed(0)
+    model = build_model(config, load_weights=False)
+    optimizer = build_optimizer(config, model)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    params = [p for p in model.parameters()][:12] + [model.text_encoder.embeddings.word_embeddings.weight]
+    expected = [p.detach().clone() for p in params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    (b1, b2), eps, lr, wd = config.optim.betas, config.optim.eps, 0.01, 0.1
+    generator = torch.Generator().manual_seed(1)
+    for t in range(1, 4):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, generator=generator)
+            p.grad = g.clone()
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            expected[i] = expected[i] * (1 - lr * wd) - lr * (m[i] / (1 - b1 ** t)) / ((v[i] / (1 - b2 ** t)).sqrt() + eps)
+        optimizer.step()
+    for p, want in zip(params, expected):
+        torch.testing.assert_close(p.detach(), want, atol=1e-6, rtol=1e-5)
+
+
 def test_val_carved_from_training_identities_with_a_fixed_seed():
     records = [PersonRecord(Path(f"/x/{i}.jpg"), i // 2, ("a",), "train") for i in range(40)]
     records += [PersonRecord(Path("/x/t.jpg"), 99, ("a",), "test")]
@@ -114,3 +142,14 @@ def test_synthetic_folder_generated_with_other_settings_is_refused(tmp_path):
     changed = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=12"])
     with pytest.raises(ValueError, match="num_ids: folder has 10, config wants 12"):
         load_splits(changed)
+
+
+def test_synthetic_folder_with_other_extra_train_identities_is_refused(tmp_path):
+    from engine.builders import load_splits
+    grown = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10",
+                                                   "data.synthetic_extra_train_ids=3"])
+    splits = load_splits(grown)
+    assert len(splits["train"]) == (7 + 3) * 4 and len(splits["test"]) == 2 * 4
+    plain = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10"])
+    with pytest.raises(ValueError, match="extra_train_ids: folder has 3, config wants 0"):
+        load_splits(plain)

@@ -47,6 +47,7 @@ class DataConfig:
     root: str = "${CADA_DATA_ROOT:-data}"  # folder holding CUHK-PEDES/, ICFG-PEDES/, RSTPReid/
     synthetic_ids: Annotated[int, Range(2)] = 600  # identities generated when the synthetic folder is missing
     synthetic_images_per_id: PositiveInt = 4
+    synthetic_extra_train_ids: NonNegativeInt = 0  # identities added to train only (val and test stay the same)
     synthetic_seed: int = 0
     synthetic_fresh_renders: bool = False  # synthetic only: draw each training photo anew per (epoch, sample)
     val_from_train: Annotated[float, Range(0.0, 0.9)] = 0.0  # training identities carved out as val (ICFG)
@@ -105,7 +106,8 @@ class LossConfig:
     itm: ITMLossConfig = field(default_factory=ITMLossConfig)
     atp: ATPLossConfig = field(default_factory=ATPLossConfig)
     ara: ARALossConfig = field(default_factory=ARALossConfig)
-    local_warmup_steps: NonNegativeInt = 0  # ITM and ATP weights ramp linearly from 0 over these steps
+    local_start_step: NonNegativeInt = 0  # ITM and ATP are not computed before this optimisation step
+    local_warmup_steps: NonNegativeInt = 0  # from local_start_step, ITM and ATP weights ramp linearly from 0
 
     def weights(self) -> dict[str, float]:
         """Each loss term's weight by name; a weight of 0 switches the term off."""

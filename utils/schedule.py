@@ -37,3 +37,9 @@ def linear_ramp(step: int, ramp_steps: int) -> float:
     Starts at 0: hard negatives picked by an untrained model carry no signal in the first steps.
     """
     return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
+
+
+def local_loss_weight(step: int, start_step: int, ramp_steps: int) -> float:
+    """ITM/ATP weight multiplier at optimisation step ``step``: 0 before ``start_step`` (the terms are then not
+    computed at all), then ``linear_ramp(step - start_step, ramp_steps)``."""
+    return 0.0 if step < start_step else linear_ramp(step - start_step, ramp_steps)

@@ -62,7 +62,8 @@ def _pair_of_mentions(rng: np.random.Generator) -> tuple[tuple[str, ...], tuple[
 
 def generate_dataset(out_dir: str | Path, num_ids: int, seed: int, images_per_id: int = 4,
                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                     image_size: tuple[int, int] = (128, 64), overwrite: bool = False) -> Path:
+                     image_size: tuple[int, int] = (128, 64), overwrite: bool = False,
+                     extra_train_ids: int = 0) -> Path:
     """Generates the dataset into ``out_dir`` and returns its absolute path.
 
     The files are written to a hidden sibling folder that is renamed to ``out_dir`` only when complete,
@@ -76,10 +77,14 @@ def generate_dataset(out_dir: str | Path, num_ids: int, seed: int, images_per_id
         split_fractions: train, val, test fractions of the identities.
         image_size: ``(height, width)`` of the images.
         overwrite: replace an existing non-empty ``out_dir``; otherwise that is an error.
+        extra_train_ids: identities added to train after the ``num_ids`` split ones (ids ``num_ids + 1`` on),
+            drawn after them from the same stream, so val and test are those of ``num_ids`` alone.
     """
     out_dir = Path(out_dir).resolve()
     if images_per_id < 1:
         raise ValueError(f"images_per_id must be >= 1, got {images_per_id}")
+    if extra_train_ids < 0:
+        raise ValueError(f"extra_train_ids must be >= 0, got {extra_train_ids}")
     sizes = split_sizes(num_ids, split_fractions)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -88,24 +93,26 @@ def generate_dataset(out_dir: str | Path, num_ids: int, seed: int, images_per_id
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{time.time_ns()}")
     staging.mkdir()
     try:
-        _write_dataset(staging, num_ids, seed, images_per_id, sizes, image_size)
+        _write_dataset(staging, num_ids + extra_train_ids, seed, images_per_id,
+                       (sizes[0], sizes[1], sizes[2], extra_train_ids), image_size)
         metadata = {"generator_version": GENERATOR_VERSION, "num_ids": num_ids, "seed": seed,
                     "images_per_id": images_per_id, "split_fractions": list(split_fractions),
-                    "image_size": list(image_size)}
+                    "image_size": list(image_size), "extra_train_ids": extra_train_ids}
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
         _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("wrote %d identities x %d images to %s in %.1f s", num_ids, images_per_id, out_dir,
+    logger.info("wrote %d identities x %d images to %s in %.1f s", num_ids + extra_train_ids, images_per_id, out_dir,
                 time.perf_counter() - start)
     return out_dir
 
 
-def _write_dataset(folder: Path, num_ids: int, seed: int, images_per_id: int, sizes: tuple[int, int, int],
+def _write_dataset(folder: Path, num_ids: int, seed: int, images_per_id: int, sizes: tuple[int, int, int, int],
                    image_size: tuple[int, int]) -> None:
+    """``sizes``: train, val, test, then extra train identities, in the order they are drawn."""
     identities = sample_identities(np.random.default_rng(seed), num_ids)
-    splits = ["train"] * sizes[0] + ["val"] * sizes[1] + ["test"] * sizes[2]
+    splits = ["train"] * sizes[0] + ["val"] * sizes[1] + ["test"] * sizes[2] + ["train"] * sizes[3]
     for split in ("train", "val", "test"):
         (folder / "imgs" / split).mkdir(parents=True)
     records = []
