@@ -24,7 +24,8 @@ def search_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("search")
     train(load_config("configs/synthetic.yaml", [
         f"data.root={root / 'data'}", f"train.output_dir={root / 'run'}", "loss.itm.weight=0", "loss.atp.weight=0",
-        "loss.ara.weight=0", "eval.rerank=false", "train.epochs=7", "train.eval_every=7"]))
+        "loss.ara.weight=0", "eval.rerank=false", "train.epochs=7", "train.eval_every=7",
+        "data.synthetic_extra_train_ids=0"]))
     return root
 
 

@@ -137,9 +137,11 @@ def test_patch_projection_keeps_weight_decay():
 
 def test_synthetic_folder_generated_with_other_settings_is_refused(tmp_path):
     from engine.builders import load_splits
-    config = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10"])
+    config = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10",
+                                                   "data.synthetic_extra_train_ids=0"])
     assert len(load_splits(config)["test"]) == 2 * 4  # generated: 10 people, 20% test, 4 images each
-    changed = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=12"])
+    changed = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=12",
+                                                     "data.synthetic_extra_train_ids=0"])
     with pytest.raises(ValueError, match="num_ids: folder has 10, config wants 12"):
         load_splits(changed)
 
@@ -150,6 +152,7 @@ def test_synthetic_folder_with_other_extra_train_identities_is_refused(tmp_path)
                                                    "data.synthetic_extra_train_ids=3"])
     splits = load_splits(grown)
     assert len(splits["train"]) == (7 + 3) * 4 and len(splits["test"]) == 2 * 4
-    plain = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10"])
+    plain = load_config("configs/synthetic.yaml", [f"data.root={tmp_path}", "data.synthetic_ids=10",
+                                                   "data.synthetic_extra_train_ids=0"])
     with pytest.raises(ValueError, match="extra_train_ids: folder has 3, config wants 0"):
         load_splits(plain)

@@ -194,7 +194,8 @@ def test_tokenizer_settings_are_restored(tmp_path, tokenizer):
 
 
 def synthetic_config(root: Path, *overrides: str):
-    return load_config("configs/synthetic.yaml", [f"data.root={root}", "data.synthetic_ids=10", *overrides])
+    return load_config("configs/synthetic.yaml", [f"data.root={root}", "data.synthetic_ids=10",
+                                                   "data.synthetic_extra_train_ids=0", *overrides])
 
 
 def test_load_splits_validates_the_synthetic_set_cleanly(tmp_path):

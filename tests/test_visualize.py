@@ -154,7 +154,8 @@ def test_eval_visualize_writes_grids_and_per_query_csv(tmp_path):
     config = load_config("configs/synthetic.yaml", ["train.device=cpu"])
     checkpoint = tmp_path / "run" / "best.pth"
     save_atomic({"model": build_model(config).state_dict(), "config": config_to_dict(config)}, checkpoint)
-    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic_ids=12", "eval.visualize=3",
+    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic_ids=12", "data.synthetic_extra_train_ids=0",
+                 "eval.visualize=3",
                  "eval.visualize_mode=worst", "eval.image_to_text=true"]
     results = run_evaluation(str(checkpoint), None, overrides)
     evaluated = load_config("configs/synthetic.yaml", ["train.device=cpu", *overrides])
