@@ -15,11 +15,10 @@ from datasets.synthetic.oracle import oracle_metrics, oracle_scores, stated_fact
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
 from engine.evaluator import evaluate
+from engine.builders import leaves_parameters_unused
 from models.cada import CADA
 from models.registry import get_model_spec
-from utils.config import EvalConfig
-from engine.builders import leaves_parameters_unused
-from utils.config import load_config
+from utils.config import EvalConfig, LossConfig, load_config
 from utils.schedule import linear_ramp, local_loss_weight
 
 
@@ -121,7 +120,6 @@ def test_a_delayed_start_asks_ddp_to_find_unused_parameters():
 def test_without_local_terms_the_other_losses_and_gradients_are_unchanged(atp_mode):
     """``local=False`` skips ITM, ATP and their fused pass; global and ARA (and their gradients) stay the same."""
     from tests.test_trimming import SIZE, training_batch
-    from utils.config import LossConfig
     torch.manual_seed(0)
     objective = LossConfig()
     objective.atp.mode = atp_mode

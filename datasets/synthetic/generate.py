@@ -93,8 +93,7 @@ def generate_dataset(out_dir: str | Path, num_ids: int, seed: int, images_per_id
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{time.time_ns()}")
     staging.mkdir()
     try:
-        _write_dataset(staging, num_ids + extra_train_ids, seed, images_per_id,
-                       (sizes[0], sizes[1], sizes[2], extra_train_ids), image_size)
+        _write_dataset(staging, seed, images_per_id, (*sizes, extra_train_ids), image_size)
         metadata = {"generator_version": GENERATOR_VERSION, "num_ids": num_ids, "seed": seed,
                     "images_per_id": images_per_id, "split_fractions": list(split_fractions),
                     "image_size": list(image_size), "extra_train_ids": extra_train_ids}
@@ -108,10 +107,10 @@ def generate_dataset(out_dir: str | Path, num_ids: int, seed: int, images_per_id
     return out_dir
 
 
-def _write_dataset(folder: Path, num_ids: int, seed: int, images_per_id: int, sizes: tuple[int, int, int, int],
+def _write_dataset(folder: Path, seed: int, images_per_id: int, sizes: tuple[int, int, int, int],
                    image_size: tuple[int, int]) -> None:
     """``sizes``: train, val, test, then extra train identities, in the order they are drawn."""
-    identities = sample_identities(np.random.default_rng(seed), num_ids)
+    identities = sample_identities(np.random.default_rng(seed), sum(sizes))
     splits = ["train"] * sizes[0] + ["val"] * sizes[1] + ["test"] * sizes[2] + ["train"] * sizes[3]
     for split in ("train", "val", "test"):
         (folder / "imgs" / split).mkdir(parents=True)
