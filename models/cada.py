@@ -14,7 +14,7 @@ from models.cada_backbone import CADABackbone
 from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
-from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
+from models.losses.itm import anchor_count, itm_loss, itm_similarities, select_hard_negatives
 from models.padding import longest_caption, trim_to_longest
 from models.registry import ModelSpec
 from utils.config_schema import LossConfig
@@ -81,35 +81,40 @@ class CADA(CADABackbone):
         return "atp" not in self.losses or self.objective.atp.mode == "adaptive"
 
     def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj):
-        """ITM and ATP share the fused passes over b positive and 2b hardest-negative pairs."""
+        """ITM and ATP share the fused passes over m positive and 2m hardest-negative pairs, where the
+        m anchors are the first ``loss.local_pairs_fraction`` of the b local pairs (all of them in the
+        reference) and the negatives come from the whole global batch."""
         settings = self.objective
         b = ids.shape[0]
+        m = anchor_count(b, settings.local_pairs_fraction)
         enc_ids = ids.clone()
         enc_ids[:, 0] = ENC_ID
         with torch.no_grad():
-            sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, all_gather_no_grad(image_proj),
-                                                all_gather_no_grad(text_proj), settings.itm.temperature)  # (b, B)
-            neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels_all,
+            sim_t2i, sim_i2t = itm_similarities(image_proj[:m], text_proj[:m], all_gather_no_grad(image_proj),
+                                                all_gather_no_grad(text_proj), settings.itm.temperature)  # (m, B)
+            neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels[:m], labels_all,
                                                         mode=settings.itm.negatives)
         image_embeds_all = all_gather_with_grad(image_embeds)  # (B, 1+N, Dv), gradients reach the owner
         ids_all, mask_all = all_gather_no_grad(enc_ids), all_gather_no_grad(mask)
+        enc_ids, mask = enc_ids[:m], mask[:m]
         # negatives: each text with its hardest image, then each image with its hardest text
-        neg_ids = torch.cat([enc_ids, ids_all[neg_text]])  # (2b, L)
+        neg_ids = torch.cat([enc_ids, ids_all[neg_text]])  # (2m, L)
         neg_mask = torch.cat([mask, mask_all[neg_text]])
-        # the 3b pairs use at most 2b distinct images (b at world size 1): project each one's keys/values once
-        own = torch.arange(b, device=ids.device)
+        # the 3m pairs use at most 2m distinct images (b at world size 1): project each one's keys/values once
+        own = torch.arange(m, device=ids.device)
         if get_world_size() == 1:
             distinct, pair_image = image_embeds, torch.cat([own, neg_image, own])
         else:
-            distinct, pair_image = torch.cat([image_embeds, image_embeds_all[neg_image]]), torch.cat([own, own + b, own])
+            distinct = torch.cat([image_embeds[:m], image_embeds_all[neg_image]])
+            pair_image = torch.cat([own, own + m, own])
         fused = self.fuse(torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask]), distinct,
-                          image_index=pair_image)  # (3b, L, D): pairs (text, image) as listed above
+                          image_index=pair_image)  # (3m, L, D): pairs (text, image) as listed above
         fused_mask = torch.cat([mask, neg_mask])
-        is_match = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(ids.device)
+        is_match = torch.cat([torch.ones(m, dtype=torch.long), torch.zeros(2 * m, dtype=torch.long)]).to(ids.device)
         losses = {}
         if "itm" in self.losses:
             logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
-            losses["itm"] = itm_loss(logits[:b], logits[b:])
+            losses["itm"] = itm_loss(logits[:m], logits[m:])
         if "atp" in self.losses:
             atp = settings.atp
             groups, valid = atp_group_features(fused, fused_mask, mode=atp.mode, groups=atp.groups,

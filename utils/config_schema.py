@@ -108,6 +108,9 @@ class LossConfig:
     ara: ARALossConfig = field(default_factory=ARALossConfig)
     local_start_step: NonNegativeInt = 0  # ITM and ATP are not computed before this optimisation step
     local_warmup_steps: NonNegativeInt = 0  # from local_start_step, ITM and ATP weights ramp linearly from 0
+    # ITM and ATP anchor on this share of each process's pairs (the first ones; the batch order is random),
+    # each with its 2 hard negatives from the whole batch: the fused pass costs that share (reference: 1)
+    local_pairs_fraction: Annotated[float, Range(0.0, 1.0, open_low=True)] = 1.0
 
     def weights(self) -> dict[str, float]:
         """Each loss term's weight by name; a weight of 0 switches the term off."""

@@ -12,8 +12,13 @@ negative text of image i likewise from sim_i2t. The fused encoder then scores b 
 and 2b negative pairs (b (T_i, I⁻_i) and b (T⁻_i, I_i)), and
 
     L_itm = (1 / 3b) Σ_n CE(itm_head(h_n), c_n),   c = [1]*b + [0]*2b.
+
+With ``loss.local_pairs_fraction`` f < 1 only the first m = ⌈f·b⌉ local pairs anchor (b → m above);
+their negatives still come from the whole global batch.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +50,11 @@ def itm_similarities(
     sim_t2i = text_proj.float() @ global_image_proj.float().t() / temp  # (b, Bg)
     sim_i2t = image_proj.float() @ global_text_proj.float().t() / temp  # (b, Bg)
     return sim_t2i, sim_i2t
+
+
+def anchor_count(local_pairs: int, fraction: float) -> int:
+    """How many of a process's ``local_pairs`` anchor ITM/ATP: ⌈fraction · b⌉, at least 1."""
+    return max(1, math.ceil(fraction * local_pairs))
 
 
 @torch.no_grad()
