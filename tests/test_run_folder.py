@@ -66,7 +66,7 @@ def test_only_settings_that_change_training_are_compared():
         "data.num_workers=0", "train.log_every=1", "train.eval_every=2", "train.save_every_steps=5",
         "train.output_dir=elsewhere", "train.resume=", "train.device=cpu", "eval.k_test=4", "eval.batch_size=8"))
     assert training_differences(stored, changed) == [
-        "data.global_batch_size: stored 32, now 8", "loss.ara.weight: stored 1.0, now 0.5", "optim.lr: stored 0.0005, now 0.001"]
+        "data.global_batch_size: stored 32, now 8", "loss.ara.weight: stored 0.0, now 0.5", "optim.lr: stored 0.0005, now 0.001"]
 
 
 def test_a_finished_run_is_returned_or_refused(tmp_path):
