@@ -3,7 +3,8 @@
 #   bash scripts/ablate_synthetic.bash [section.key=value ...]     (overrides go to every run)
 #   JOBS=N      runs at a time (default 1); THREADS=T torch threads per run (default: cores / JOBS)
 #   OUT=DIR     where the runs go (default outputs/ablation_synthetic)
-# Runs: global only, + ITM, + ATP, + ARA (= the recipe, seed 42), and the recipe with seeds 1 and 2.
+# Runs: global only, + ITM, + ATP (= the recipe, which leaves ARA out), + ARA at weight 1, and the recipe with
+# seeds 1 and 2 (seed 42 is the + ATP run). Every run takes the recipe's steps.
 # Global only has no trained ITM head, so it is evaluated without the re-ranking stage.
 # Example on a 16-core GPU machine: JOBS=6 THREADS=2 bash scripts/ablate_synthetic.bash train.device=cuda
 set -euo pipefail
@@ -18,12 +19,12 @@ mkdir -p "$out"
 declare -A runs=(
   [global]="loss.itm.weight=0 loss.atp.weight=0 loss.ara.weight=0 eval.rerank=false"
   [global+itm]="loss.atp.weight=0 loss.ara.weight=0"
-  [global+itm+atp]="loss.ara.weight=0"
-  [full_seed42]="train.seed=42"
-  [full_seed1]="train.seed=1"
-  [full_seed2]="train.seed=2"
+  [recipe_seed42]="train.seed=42"
+  [recipe+ara]="loss.ara.weight=1.0"
+  [recipe_seed1]="train.seed=1"
+  [recipe_seed2]="train.seed=2"
 )
-order=(global global+itm global+itm+atp full_seed42 full_seed1 full_seed2)
+order=(global global+itm recipe_seed42 recipe+ara recipe_seed1 recipe_seed2)
 
 # Generate the data set once, before parallel runs would race to create it.
 "$python" -c "import sys; from engine.builders import load_splits; from utils.config import load_config
@@ -70,7 +71,7 @@ for name in names:
             print(f"| {name} | {stage} |" + " n/a |" * len(metrics))
             continue
         print(f"| {name} | {stage} | " + " | ".join(f"{values[m]:.2f}" for m in metrics) + " |")
-        if name.startswith("full_seed"):
+        if name.startswith("recipe_seed"):
             r1[stage].append(values["R1"])
 print()
 for stage, values in r1.items():
