@@ -160,7 +160,8 @@ def main(argv=None) -> dict:
                    "--steps", str(args.steps), "--image-size", *map(str, args.image_size), "--device", args.device]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            rows.append({"variant": variant, "error": done.stderr.strip().splitlines()[-1][:120]})
+            last_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no message"])[-1]
+            rows.append({"variant": variant, "error": last_line[:120]})  # e.g. killed for memory
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
