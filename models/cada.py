@@ -113,7 +113,7 @@ class CADA(CADABackbone):
         is_match = torch.cat([torch.ones(m, dtype=torch.long), torch.zeros(2 * m, dtype=torch.long)]).to(ids.device)
         losses = {}
         if "itm" in self.losses:
-            logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
+            logits = self.itm_head(fused[:, 0]).float()  # (3m, 2)
             losses["itm"] = itm_loss(logits[:m], logits[m:])
         if "atp" in self.losses:
             atp = settings.atp

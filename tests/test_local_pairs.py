@@ -18,15 +18,14 @@ def test_anchor_count_rounds_up_and_keeps_one():
 def captured_local_inputs(fraction, monkeypatch):
     """Runs a training forward; returns what reached the ITM loss and the reference ATP loss."""
     captured = {}
-    real_itm, real_atp = REAL_ITM_LOSS, REAL_ATP_LOSS
 
     def itm(positive, negative):
         captured["itm"] = torch.cat([positive, negative]).detach()
-        return real_itm(positive, negative)
+        return REAL_ITM_LOSS(positive, negative)
 
     def atp(logits, is_match, valid=None):
         captured["atp"], captured["is_match"] = logits.detach(), is_match
-        return real_atp(logits, is_match, valid)
+        return REAL_ATP_LOSS(logits, is_match, valid)
 
     monkeypatch.setattr(cada_module, "itm_loss", itm)
     monkeypatch.setattr(cada_module, "atp_loss_reference", atp)
