@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-GPU readiness check (< 5 min on an H100): cada_base training steps at batch 24 (fp32, bf16,
-# bf16 + compile) with peak memory, the CUHK-PEDES-size two-stage evaluation (6,156 x 3,074, k 16),
-# and a one-process torchrun NCCL start-up; prints one table and writes $OUT/gpu_check.json if $OUT is set.
+# bf16 + compile, fp32 with the AdamW step inside backward) with peak memory, the CUHK-PEDES-size
+# two-stage evaluation (6,156 x 3,074, k 16), and a one-process torchrun NCCL start-up; prints one
+# table and writes $OUT/gpu_check.json if $OUT is set.
 # --tiny runs the same steps at toy sizes on CPU (tested). Python: ${PYTHON:-python3}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ if [[ "${1:-}" == "--tiny" ]]; then
   TRAIN=(--model cada_tiny --batch 4 --image-size 64 32 --steps 1 --device cpu --variants baseline,fp32,bf16)
   EVAL=(--model cada_tiny --queries 24 --gallery 24 --image-size 64 32 --device cpu)
 else
-  TRAIN=(--model cada_base --batch 24 --steps 3 --variants baseline,fp32,bf16,bf16+compile)
+  TRAIN=(--model cada_base --batch 24 --steps 3 --variants baseline,fp32,bf16,bf16+compile,fp32+in_backward)
   EVAL=(--model cada_base --queries 6156 --gallery 3074 --k 16)
 fi
 LOG="$(mktemp)"

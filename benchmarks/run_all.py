@@ -31,13 +31,13 @@ def main(argv=None) -> dict:
     results = {}
     if args.quick:
         train_runs = [["--model", "cada_tiny", "--batch", "8", "--image-size", "128", "64", "--steps", "3",
-                       "--variants", "baseline,fp32,bf16,fp32+ckpt"]]
+                       "--variants", "baseline,fp32,bf16,fp32+ckpt,fp32+in_backward"]]
         eval_args = ["--model", "cada_tiny", "--queries", "96", "--gallery", "96", "--image-size", "128", "64"]
         loader_args = ["--images", "48", "--batch", "8", "--image-size", "128", "64"]
         memory_args = ["--queries", "2000", "--gallery", "2000", "--naive-queries", "500"]
     else:
         train_runs = [["--model", "cada_base", "--batch", str(batch), "--variants",
-                       "baseline,fp32,bf16,fp32+ckpt,bf16+compile"] for batch in (4, 8)]
+                       "baseline,fp32,bf16,fp32+ckpt,fp32+in_backward,bf16+compile"] for batch in (4, 8)]
         eval_args = ["--model", "cada_base", "--queries", "128", "--gallery", "64"]
         loader_args = ["--images", "96", "--batch", "24", "--image-size", "384", "128"]
         memory_args = []

@@ -4,7 +4,8 @@ Baseline (written here, the way the authors' code works): every caption padded t
 pass, each caption tokenised and POS-tagged in every step, decoder logits for every position, each
 ITM pair's image keys/values projected separately, torch's default AdamW. Ours: ``CADA.forward`` on the
 cached batch (tokenised once) and fused AdamW (as the trainer builds it), with the variants fp32, bf16
-autocast, gradient checkpointing and torch.compile.
+autocast, gradient checkpointing, torch.compile and the AdamW step inside backward
+(``train.optimizer_in_backward``: no two parameters' gradients need to exist together).
 Each variant runs in its own process so that its peak memory is its own.
 
 Usage: python benchmarks/train_step.py [--model cada_base --batch 4 --steps 3 --variants ... --json]
@@ -37,6 +38,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from datasets.attributes import build_tagger  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
+from engine.step_in_backward import StepInBackward  # noqa: E402
 from models.cada import CADA  # noqa: E402
 from models.losses.ara import ara_loss  # noqa: E402
 from models.losses.atp import atp_group_features, atp_loss_reference  # noqa: E402
@@ -45,14 +47,16 @@ from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives 
 from models.registry import get_model_spec  # noqa: E402
 from utils.vocab import ENC_ID, VOCAB_SIZE  # noqa: E402
 
-VARIANTS = {  # name: (amp, grad_checkpointing, compile, baseline)
-    "baseline": ("off", False, False, True),
-    "fp32": ("off", False, False, False),
-    "bf16": ("bf16", False, False, False),
-    "fp32+ckpt": ("off", True, False, False),
-    "bf16+ckpt": ("bf16", True, False, False),
-    "fp32+compile": ("off", False, True, False),
-    "bf16+compile": ("bf16", False, True, False),
+VARIANTS = {  # name: (amp, grad_checkpointing, compile, baseline, optimizer step inside backward)
+    "baseline": ("off", False, False, True, False),
+    "fp32": ("off", False, False, False, False),
+    "bf16": ("bf16", False, False, False, False),
+    "fp32+ckpt": ("off", True, False, False, False),
+    "bf16+ckpt": ("bf16", True, False, False, False),
+    "fp32+compile": ("off", False, True, False, False),
+    "bf16+compile": ("bf16", False, True, False, False),
+    "fp32+in_backward": ("off", False, False, False, True),
+    "fp32+ckpt+in_backward": ("off", True, False, False, True),
 }
 
 
@@ -93,11 +97,13 @@ def build(model_name: str, image_size: tuple[int, int], checkpointing: bool, dev
 
 def run_variant(args, variant: str) -> dict:
     """Times ``args.steps`` steps of one variant; returns samples/s and peak memory."""
-    amp, checkpointing, compile_model, baseline = VARIANTS[variant]
+    amp, checkpointing, compile_model, baseline, in_backward = VARIANTS[variant]
     device = pick_device(args.device)
     model = build(args.model, tuple(args.image_size), checkpointing, device).train()
     # ours: fused AdamW on CPU and CUDA, as the trainer builds it; the authors': torch's default AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=not baseline or None)
+    if in_backward:
+        StepInBackward(optimizer)
     tokenizer, tagger = build_tokenizer(), build_tagger("auto")
     captions = cuhk_like_captions(args.batch, seed=1)
     generator = torch.Generator().manual_seed(0)
@@ -115,9 +121,10 @@ def run_variant(args, variant: str) -> dict:
         else:
             with context:
                 losses = forward(cached)
-        sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()  # with in_backward, AdamW has stepped every parameter in here
+        if not in_backward:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up (and compilation) outside the peak
     reset_peak_memory(device)

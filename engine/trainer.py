@@ -21,6 +21,7 @@ from engine import builders
 from engine.evaluation_run import run_test
 from engine.evaluator import evaluate
 from engine.step_guard import StepGuard
+from engine.step_in_backward import StepInBackward
 from models.padding import longest_caption
 from utils.checkpoint import (
     code_version,
@@ -32,11 +33,12 @@ from utils.checkpoint import (
 )
 from utils.config import Config, config_to_dict, dump_config
 from utils.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main_process
+from utils.errors import ConfigError
 from utils.interrupt import ignore_interrupt_in_worker
 from utils.precision import autocast
 from utils.run_folder import claim_run_folder
 from utils.run_log import MetricWriter, environment_info, setup_logging
-from utils.schedule import local_loss_weight, lr_factor
+from utils.schedule import local_loss_weight, local_terms_computed, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,10 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
         set_rng_state(checkpoint["rng"][get_rank()])
         log.info("resumed from %s at epoch %d, batch %d (step %d)", checkpoint_path, state["epoch"], state["batch"],
                  state["step"])
+    if config.train.optimizer_in_backward and world > 1:
+        raise ConfigError(f"train.optimizer_in_backward needs one process, got {world}: DDP's all-reduce would "
+                          "come after each parameter's update")
+    step_in_backward = StepInBackward(optimizer) if config.train.optimizer_in_backward else None
     net = (DistributedDataParallel(model, find_unused_parameters=builders.leaves_parameters_unused(config))
            if world > 1 else model)
     forward = torch.compile(net) if config.train.compile else net
@@ -153,10 +159,11 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             local = local_loss_weight(state["step"], config.loss.local_start_step, config.loss.local_warmup_steps)
             with (contextlib.nullcontext() if world == 1 or last_micro_batch else net.no_sync()):
                 with autocast(device, config.train.amp):
-                    losses = forward(batch, local=state["step"] >= config.loss.local_start_step)
+                    losses = forward(batch, local=local_terms_computed(state["step"], config.loss.local_start_step))
                 total = sum(weights[name] * (local if name in ("itm", "atp") else 1.0) * value
                             for name, value in losses.items())
-                scaler.scale(total / accumulate).backward()
+                if step_in_backward is None:
+                    scaler.scale(total / accumulate).backward()
             guard.observe(total)
             state["batch"] += 1
             if state["batch"] % accumulate:
@@ -165,12 +172,15 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             if verdict.skip:  # a non-finite loss within train.max_nonfinite_steps: its gradients are dropped
                 optimizer.zero_grad(set_to_none=True)
                 continue
-            if config.train.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            if step_in_backward is not None:
+                total.backward()  # each parameter's AdamW update runs in here, as soon as its gradient is complete
+            else:
+                if config.train.clip_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
             if state["step"] % config.train.log_every == 0:  # reading losses waits for the device: log steps only

@@ -129,12 +129,14 @@ def test_stop_signal_saves_last_and_exits_128_plus_signal(data_root, tmp_path, s
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_step_terms_and_lr_without_saving_it(data_root, tmp_path):
+@pytest.mark.parametrize("in_backward", ["false", "true"])  # with the AdamW step inside backward, judged before it
+def test_non_finite_loss_stops_naming_step_terms_and_lr_without_saving_it(data_root, tmp_path, in_backward):
     output_dir = tmp_path / "run"
     output_dir.mkdir()
     (output_dir / ".last.pth.tmp-999999").write_bytes(b"half a checkpoint")  # left by a crashed save
     completed = run_train(data_root, output_dir, "optim.lr=1e30", "optim.warmup_steps=0", "train.save_every_steps=1",
-                          "loss.local_start_step=0")  # all four terms from the first step, to be named
+                          "loss.local_start_step=0",  # all four terms from the first step, to be named
+                          f"train.optimizer_in_backward={in_backward}")
     assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr[-2000:]
     error = re.search(r"error: non-finite loss at step (\d+) \(epoch 1\): global (\S+), itm (\S+), atp (\S+), "
                       r"ara (\S+); lr (\S+)", completed.stderr)

@@ -221,6 +221,14 @@ def check_consistency(config: Config, origin: dict | None = None) -> Config:
     if config.data.instances_per_id and config.data.global_batch_size % config.data.instances_per_id:
         fail("data.instances_per_id", f"{config.data.instances_per_id} does not divide data.global_batch_size "
                                       f"{config.data.global_batch_size}")
+    if config.train.optimizer_in_backward:
+        for key, value, allowed in (("train.accumulate_steps", config.train.accumulate_steps, 1),
+                                    ("train.clip_grad_norm", config.train.clip_grad_norm, 0.0)):
+            if value != allowed:
+                fail(key, f"{value:g} cannot be combined with train.optimizer_in_backward (needs {allowed:g}): "
+                          "each parameter is updated as soon as its own gradient is complete")
+        if config.train.amp == "fp16":
+            fail("train.amp", "fp16 loss scaling cannot be combined with train.optimizer_in_backward: use bf16 or off")
     if config.eval.visualize_mode == "ids" and not config.eval.visualize_ids:
         fail("eval.visualize_ids", "eval.visualize_mode=ids needs a list of query indices")
     return config

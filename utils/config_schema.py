@@ -148,6 +148,9 @@ class TrainConfig:
     grad_checkpointing: bool = False
     accumulate_steps: PositiveInt = 1
     clip_grad_norm: NonNegativeFloat = 0.0  # 0 = off
+    # AdamW steps each parameter inside backward and frees its gradient: less peak memory, same update
+    # (engine/step_in_backward.py); one process, no accumulation, no clipping, no fp16
+    optimizer_in_backward: bool = False
     save_every_steps: NonNegativeInt = 0  # 0 = only at the end of each epoch
     resume: str = "auto"  # "" | auto | path to a checkpoint
     max_nonfinite_steps: NonNegativeInt = 0  # steps with a NaN/inf loss skipped before the run stops

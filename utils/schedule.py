@@ -39,7 +39,12 @@ def linear_ramp(step: int, ramp_steps: int) -> float:
     return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
 
 
+def local_terms_computed(step: int, start_step: int) -> bool:
+    """Whether ITM/ATP and their fused pass run at optimisation step ``step``: from ``start_step`` on."""
+    return step >= start_step
+
+
 def local_loss_weight(step: int, start_step: int, ramp_steps: int) -> float:
     """ITM/ATP weight multiplier at optimisation step ``step``: 0 before ``start_step`` (the terms are then not
     computed at all), then ``linear_ramp(step - start_step, ramp_steps)``."""
-    return 0.0 if step < start_step else linear_ramp(step - start_step, ramp_steps)
+    return linear_ramp(step - start_step, ramp_steps) if local_terms_computed(step, start_step) else 0.0
