@@ -85,6 +85,9 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     tokenizer = builders.tokenizer_for(config)
     train_set = builders.build_train_set(config, splits["train"], tokenizer)
     world, accumulate = get_world_size(), config.train.accumulate_steps
+    if config.train.optimizer_in_backward and world > 1:
+        raise ConfigError(f"train.optimizer_in_backward needs one process, got {world}: DDP's all-reduce would "
+                          "come after each parameter's update")
     micro_batch = builders.micro_batch_size(config, world)
     sampler = TrainSampler(train_set.labels, micro_batch * world, config.data.instances_per_id,
                            config.train.seed, get_rank(), world, accumulate)
@@ -116,9 +119,6 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
         set_rng_state(checkpoint["rng"][get_rank()])
         log.info("resumed from %s at epoch %d, batch %d (step %d)", checkpoint_path, state["epoch"], state["batch"],
                  state["step"])
-    if config.train.optimizer_in_backward and world > 1:
-        raise ConfigError(f"train.optimizer_in_backward needs one process, got {world}: DDP's all-reduce would "
-                          "come after each parameter's update")
     step_in_backward = StepInBackward(optimizer) if config.train.optimizer_in_backward else None
     net = (DistributedDataParallel(model, find_unused_parameters=builders.leaves_parameters_unused(config))
            if world > 1 else model)

@@ -102,3 +102,15 @@ def test_training_run_with_the_step_inside_backward_ends_with_the_same_weights(t
         assert last["train_state"]["step"] > 5 and state  # past loss.local_start_step, AdamW state saved
     for name, expected in weights["false"].items():
         torch.testing.assert_close(weights["true"][name], expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_more_than_one_process_is_refused_before_training(tmp_path, monkeypatch):
+    import engine.trainer as trainer
+    from tests.conftest import tiny_overrides
+
+    monkeypatch.setattr(trainer, "get_world_size", lambda: 2)  # as under torchrun with two processes
+    config = load_config("configs/synthetic.yaml",
+                         [*tiny_overrides(tmp_path / "data", tmp_path / "run"), "train.optimizer_in_backward=true"])
+    with pytest.raises(ConfigError, match="needs one process, got 2"):
+        trainer.train(config)
+    assert not (tmp_path / "run" / "last.pth").exists()
