@@ -29,7 +29,8 @@ class StepInBackward:
         self.optimizer = optimizer
         self._group_of = {param: index for index, group in enumerate(optimizer.param_groups)
                           for param in group["params"]}
-        self._handles = [param.register_post_accumulate_grad_hook(self._step_parameter) for param in self._group_of]
+        for param in self._group_of:
+            param.register_post_accumulate_grad_hook(self._step_parameter)
 
     def _step_parameter(self, param: torch.Tensor) -> None:
         groups = self.optimizer.param_groups
@@ -43,9 +44,3 @@ class StepInBackward:
             for group, params in zip(groups, kept):
                 group["params"] = params
         param.grad = None
-
-    def remove(self) -> None:
-        """Removes the hooks: backward only accumulates gradients again."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []

@@ -59,16 +59,6 @@ def test_steps_inside_backward_equal_one_step_after_backward():
             torch.testing.assert_close(actual_state["state"][index][key], value, atol=1e-7, rtol=1e-6)
 
 
-def test_remove_restores_ordinary_backward():
-    model, optimizer = tiny_model_and_optimizer()
-    hooks = StepInBackward(optimizer)
-    hooks.remove()
-    before = [p.detach().clone() for p in model.parameters()]
-    sum(model(training_batch(), local=False).values()).backward()
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    assert all(p.grad is not None for name, p in model.named_parameters() if name.startswith("visual_encoder"))
-
-
 @pytest.mark.parametrize("override, key", [("train.accumulate_steps=2", "train.accumulate_steps"),
                                            ("train.clip_grad_norm=1.0", "train.clip_grad_norm"),
                                            ("train.amp=fp16", "train.amp")])
