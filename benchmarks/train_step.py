@@ -2,7 +2,8 @@
 
 Baseline (written here, the way the authors' code works): every caption padded to 73 tokens in every
 pass, each caption tokenised and POS-tagged in every step, decoder logits for every position, each
-ITM pair's image keys/values projected separately, torch's default AdamW. Ours: ``CADA.forward`` on the
+ITM pair's image keys/values projected separately, attention that keeps its probabilities, dropout
+noise and dropped probabilities for backward, torch's default AdamW. Ours: ``CADA.forward`` on the
 cached batch (tokenised once) and fused AdamW (as the trainer builds it), with the variants fp32, bf16
 autocast, gradient checkpointing, torch.compile and the AdamW step inside backward
 (``train.optimizer_in_backward``: no two parameters' gradients need to exist together).
@@ -44,6 +45,7 @@ from models.losses.ara import ara_loss  # noqa: E402
 from models.losses.atp import atp_group_features, atp_loss_reference  # noqa: E402
 from models.losses.global_alignment import global_alignment_loss  # noqa: E402
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives  # noqa: E402
+from models.med_bert import MultiHeadAttention  # noqa: E402
 from models.registry import get_model_spec  # noqa: E402
 from utils.vocab import ENC_ID, VOCAB_SIZE  # noqa: E402
 
@@ -100,6 +102,10 @@ def run_variant(args, variant: str) -> dict:
     amp, checkpointing, compile_model, baseline, in_backward = VARIANTS[variant]
     device = pick_device(args.device)
     model = build(args.model, tuple(args.image_size), checkpointing, device).train()
+    if baseline:  # the authors' attention keeps probabilities, dropout noise and dropped probabilities
+        for module in model.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.lean_cpu_dropout = False
     # ours: fused AdamW on CPU and CUDA, as the trainer builds it; the authors': torch's default AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=not baseline or None)
     if in_backward:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.attention import dropout_attention
+
 LAYER_NORM_EPS = 1e-12
 INIT_STD = 0.02
 
@@ -30,6 +32,10 @@ class MultiHeadAttention(nn.Module):
         context_width: width of the keys/values' source (D for self-attention, the image width for
             cross-attention).
         dropout: dropout on attention probabilities while training.
+
+    Training on CPU with dropout, where PyTorch has no fused kernel, it calls
+    :func:`models.attention.dropout_attention` (same result, keeps a bool mask instead of three float
+    (B, heads, L, S) tensors for backward) unless ``lean_cpu_dropout`` is set to False.
     """
 
     def __init__(self, width: int, heads: int, context_width: int, dropout: float) -> None:
@@ -38,6 +44,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
         self.dropout = dropout
+        self.lean_cpu_dropout = True
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(context_width, width)
         self.value = nn.Linear(context_width, width)
@@ -57,10 +64,13 @@ class MultiHeadAttention(nn.Module):
         query = self._split_heads(self.query(hidden))
         key = self._split_heads(self.key(context))  # (B or U, heads, S, D/heads)
         value = self._split_heads(self.value(context))
-        if context_index is not None:
-            key, value = key[context_index], value[context_index]  # (B, heads, S, D/heads)
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0 and self.lean_cpu_dropout and query.device.type == "cpu":
+            attended = dropout_attention(query, key, value, keep, self.dropout, context_index)
+        else:
+            if context_index is not None:
+                key, value = key[context_index], value[context_index]  # (B, heads, S, D/heads)
+            attended = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
         return attended.transpose(1, 2).flatten(2)  # (B, L, D)
 
 

@@ -1,0 +1,89 @@
+"""Attention with dropout on its probabilities that keeps only what backward needs (CPU training).
+
+PyTorch's CPU ``scaled_dot_product_attention`` has no fused kernel with dropout, so while training its math
+path keeps three (B, heads, L, S) float tensors per call for backward: the probabilities, the dropout noise
+and the dropped probabilities (plus scaled copies of q and k). This autograd function computes the same
+thing but keeps only q, k, v, one log-sum-exp per row and the dropout mask as bool (one byte per
+entry), and recomputes the probabilities in backward, as fused kernels do. With scale s = 1/√d, keep mask
+K, dropout mask M and keep probability r = 1 − p:
+
+    P = softmax(s q kᵀ, masked by K),     O = (P ∘ M / r) v
+    dv = (P ∘ M / r)ᵀ dO,   dP = (dO vᵀ) ∘ M / r,   dS = P ∘ (dP − rowsum(dP ∘ P)),
+    dq = s dS k,            dk = s dSᵀ q
+
+The mask is drawn as the math path draws it (Bernoulli(r) on a float tensor of P's shape), so for the same
+RNG state the result equals ``F.scaled_dot_product_attention(..., dropout_p=p)``. Keys and values may be
+given once per distinct context with ``context_index`` choosing one per row; they are gathered inside, and
+only the ungathered ones are kept.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return x if index is None else x[index]
+
+
+def _log_probabilities(query: torch.Tensor, key: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    scores = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(query.shape[-1]))
+    return scores if keep is None else scores.masked_fill(~keep, float("-inf"))
+
+
+class _DropoutAttention(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, query, key, value, keep, dropout, context_index):
+        scores = _log_probabilities(query, _gather(key, context_index), keep)
+        log_sum_exp = scores.logsumexp(dim=-1, keepdim=True)
+        probabilities = (scores - log_sum_exp).exp_()
+        del scores
+        noise = torch.empty_like(probabilities).bernoulli_(1.0 - dropout)
+        out = (probabilities.mul_(noise).div_(1.0 - dropout)) @ _gather(value, context_index)
+        ctx.save_for_backward(query, key, value, keep, noise.bool(), log_sum_exp, context_index)
+        ctx.dropout = dropout
+        return out
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad_out):
+        query, key, value, keep, kept, log_sum_exp, context_index = ctx.saved_tensors
+        keep_rate = 1.0 - ctx.dropout
+        key_rows, value_rows = _gather(key, context_index), _gather(value, context_index)
+        probabilities = (_log_probabilities(query, key_rows, keep) - log_sum_exp).exp_()
+        dropped = probabilities * kept / keep_rate
+        grad_value_rows = dropped.transpose(-2, -1) @ grad_out
+        del dropped
+        grad_probabilities = (grad_out @ value_rows.transpose(-2, -1)).mul_(kept).div_(keep_rate)
+        row_dot = (grad_probabilities * probabilities).sum(dim=-1, keepdim=True)
+        grad_scores = probabilities.mul_(grad_probabilities.sub_(row_dot)).mul_(1.0 / math.sqrt(query.shape[-1]))
+        grad_query = grad_scores @ key_rows
+        grad_key_rows = grad_scores.transpose(-2, -1) @ query
+        if context_index is None:
+            return grad_query, grad_key_rows, grad_value_rows, None, None, None
+        grad_key = torch.zeros_like(key).index_add_(0, context_index, grad_key_rows)
+        grad_value = torch.zeros_like(value).index_add_(0, context_index, grad_value_rows)
+        return grad_query, grad_key, grad_value, None, None, None
+
+
+def dropout_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None,
+                      dropout: float, context_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention with dropout on the probabilities, kept lean for backward.
+
+    Args:
+        query: (B, heads, L, d).
+        key, value: (B, heads, S, d), or (U, heads, S, d) with ``context_index``.
+        keep: bool mask broadcastable to (B, heads, L, S), True where attention is allowed (every row must
+            allow at least one key), or None.
+        dropout: probability p of dropping an attention probability, 0 < p < 1.
+        context_index: (B,) long, the row of ``key``/``value`` each query row attends over, or None.
+
+    Returns:
+        (B, heads, L, d), equal to ``F.scaled_dot_product_attention`` on the gathered keys and values
+        for the same RNG state.
+    """
+    return _DropoutAttention.apply(query, key, value, keep, dropout, context_index)

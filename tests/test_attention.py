@@ -1,0 +1,110 @@
+"""Lean dropout attention: equal to torch's SDPA (same RNG state) in output and gradients, keeps less."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.attention import dropout_attention
+from models.med_bert import MedBert
+
+BATCH, HEADS, QUERIES, KEYS, HEAD_DIM, DROPOUT = 3, 2, 5, 7, 4, 0.3
+
+
+def _masks():
+    generator = torch.Generator().manual_seed(3)
+    key_mask = torch.rand(BATCH, 1, 1, KEYS, generator=generator) > 0.4
+    key_mask[..., 0] = True
+    causal = torch.ones(QUERIES, KEYS, dtype=torch.bool).tril()[None, None].expand(BATCH, 1, -1, -1)
+    return {"none": None, "key padding": key_mask, "causal": causal}
+
+
+def _inputs(distinct_contexts: int):
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(BATCH, HEADS, QUERIES, HEAD_DIM, generator=generator, dtype=torch.float64)
+    key, value = (torch.randn(distinct_contexts, HEADS, KEYS, HEAD_DIM, generator=generator, dtype=torch.float64)
+                  for _ in range(2))
+    return [t.requires_grad_() for t in (query, key, value)]
+
+
+def _run(attention, inputs, grad_out):
+    for t in inputs:
+        t.grad = None
+    torch.manual_seed(7)
+    out = attention(*inputs)
+    out.backward(grad_out)
+    return out.detach(), [t.grad.clone() for t in inputs]
+
+
+@pytest.mark.parametrize("mask_name", ["none", "key padding", "causal"])
+@pytest.mark.parametrize("gathered", [False, True])
+def test_equals_sdpa_with_dropout_in_output_and_gradients(mask_name, gathered):
+    keep = _masks()[mask_name]
+    index = torch.tensor([1, 0, 1]) if gathered else None
+    inputs = _inputs(2 if gathered else BATCH)
+    grad_out = torch.randn(BATCH, HEADS, QUERIES, HEAD_DIM, generator=torch.Generator().manual_seed(9),
+                           dtype=torch.float64)
+
+    def sdpa(query, key, value):
+        if index is not None:
+            key, value = key[index], value[index]
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=keep, dropout_p=DROPOUT)
+
+    expected, expected_grads = _run(sdpa, inputs, grad_out)
+    out, grads = _run(lambda q, k, v: dropout_attention(q, k, v, keep, DROPOUT, index), inputs, grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    key, value = (t if index is None else t[index] for t in inputs[1:])
+    assert not torch.allclose(out, F.scaled_dot_product_attention(inputs[0], key, value, attn_mask=keep))  # dropped
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while ``fn`` runs."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def test_keeps_no_float_probability_tensor_for_backward():
+    keep = _masks()["key padding"]
+    query, key, value = (t.detach().float().requires_grad_() for t in _inputs(BATCH))
+    probabilities_bytes = BATCH * HEADS * QUERIES * KEYS * 4
+    inputs_bytes = sum(t.numel() * 4 for t in (query, key, value))
+    lean = _saved_bytes(lambda: dropout_attention(query, key, value, keep, DROPOUT))
+    math_path = _saved_bytes(lambda: F.scaled_dot_product_attention(query, key, value, attn_mask=keep,
+                                                                      dropout_p=DROPOUT))
+    # ours: q, k, v, the bool dropout mask, one float per row, the keep mask
+    assert lean == inputs_bytes + probabilities_bytes // 4 + BATCH * HEADS * QUERIES * 4 + keep.numel()
+    assert math_path >= 3 * probabilities_bytes + inputs_bytes  # probabilities, noise, dropped
+
+
+def test_med_bert_training_on_cpu_takes_the_lean_path_with_the_same_result():
+    torch.manual_seed(0)
+    bert = MedBert(50, 32, num_layers=2, heads=4, ffn=64, image_width=48, max_positions=16, dropout=0.1).train()
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    image = torch.randn(2, 5, 48)
+
+    def loss_and_grads():
+        bert.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        loss = bert(ids, mask, image).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in bert.parameters()]
+
+    lean_loss, lean_grads = loss_and_grads()
+    lean_saved = _saved_bytes(lambda: bert(ids, mask, image))
+    for module in bert.modules():
+        if hasattr(module, "lean_cpu_dropout"):
+            module.lean_cpu_dropout = False
+    sdpa_loss, sdpa_grads = loss_and_grads()
+    sdpa_saved = _saved_bytes(lambda: bert(ids, mask, image))
+    torch.testing.assert_close(lean_loss, sdpa_loss, rtol=1e-5, atol=1e-7)
+    for lean, sdpa in zip(lean_grads, sdpa_grads):
+        torch.testing.assert_close(lean, sdpa, rtol=1e-4, atol=1e-6)
+    assert lean_saved < sdpa_saved
