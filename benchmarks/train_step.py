@@ -2,8 +2,8 @@
 
 Baseline (written here, the way the authors' code works): every caption padded to 73 tokens in every
 pass, each caption tokenised and POS-tagged in every step, decoder logits for every position, each
-ITM pair's image keys/values projected separately, attention that keeps its probabilities, dropout
-noise and dropped probabilities for backward, torch's default AdamW. Ours: ``CADA.forward`` on the
+ITM pair's image keys/values projected separately, dropout that keeps float noise for backward (and
+attention that keeps its probabilities, noise and dropped probabilities), torch's default AdamW. Ours: ``CADA.forward`` on the
 cached batch (tokenised once) and fused AdamW (as the trainer builds it), with the variants fp32, bf16
 autocast, gradient checkpointing, torch.compile and the AdamW step inside backward
 (``train.optimizer_in_backward``: no two parameters' gradients need to exist together).
@@ -41,6 +41,7 @@ from datasets.attributes import build_tagger  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from engine.step_in_backward import StepInBackward  # noqa: E402
 from models.cada import CADA  # noqa: E402
+from models.lean_dropout import LeanDropout  # noqa: E402
 from models.losses.ara import ara_loss  # noqa: E402
 from models.losses.atp import atp_group_features, atp_loss_reference  # noqa: E402
 from models.losses.global_alignment import global_alignment_loss  # noqa: E402
@@ -92,6 +93,17 @@ def baseline_losses(model: CADA, batch: dict[str, torch.Tensor]) -> dict[str, to
     return losses
 
 
+def use_authors_dropout(model: torch.nn.Module) -> None:
+    """Dropout as the authors' code runs it on CPU: float noise kept for backward, and attention that keeps
+    its probabilities, dropout noise and dropped probabilities."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MultiHeadAttention):
+            module.lean_cpu_dropout = False
+        if isinstance(module, LeanDropout):
+            parent, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(parent), attribute, torch.nn.Dropout(module.p))
+
+
 def build(model_name: str, image_size: tuple[int, int], checkpointing: bool, device: torch.device) -> CADA:
     torch.manual_seed(0)
     return CADA(get_model_spec(model_name), image_size, grad_checkpointing=checkpointing).to(device)
@@ -102,10 +114,8 @@ def run_variant(args, variant: str) -> dict:
     amp, checkpointing, compile_model, baseline, in_backward = VARIANTS[variant]
     device = pick_device(args.device)
     model = build(args.model, tuple(args.image_size), checkpointing, device).train()
-    if baseline:  # the authors' attention keeps probabilities, dropout noise and dropped probabilities
-        for module in model.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.lean_cpu_dropout = False
+    if baseline:
+        use_authors_dropout(model)
     # ours: fused AdamW on CPU and CUDA, as the trainer builds it; the authors': torch's default AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=not baseline or None)
     if in_backward:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.attention import dropout_attention
+from models.lean_dropout import LeanDropout, dropout_attention
 
 LAYER_NORM_EPS = 1e-12
 INIT_STD = 0.02
@@ -34,7 +34,7 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on attention probabilities while training.
 
     Training on CPU with dropout, where PyTorch has no fused kernel, it calls
-    :func:`models.attention.dropout_attention` (same result, keeps a bool mask instead of three float
+    :func:`models.lean_dropout.dropout_attention` (same result, keeps a bool mask instead of three float
     (B, heads, L, S) tensors for backward) unless ``lean_cpu_dropout`` is set to False.
     """
 
@@ -81,7 +81,7 @@ class ResidualOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = LeanDropout(dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(x)))
@@ -158,7 +158,7 @@ class TextEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(vocab_size, width)
         self.position_embeddings = nn.Embedding(max_positions, width)
         self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = LeanDropout(dropout)
         # Saved in BLIP's checkpoints, hence persistent.
         self.register_buffer("position_ids", torch.arange(max_positions).unsqueeze(0), persistent=True)
 

@@ -1,11 +1,15 @@
-"""Attention with dropout on its probabilities that keeps only what backward needs (CPU training).
+"""Dropout for CPU training that keeps bool masks for backward instead of float tensors.
 
-PyTorch's CPU ``scaled_dot_product_attention`` has no fused kernel with dropout, so while training its math
-path keeps three (B, heads, L, S) float tensors per call for backward: the probabilities, the dropout noise
-and the dropped probabilities (plus scaled copies of q and k). This autograd function computes the same
-thing but keeps only q, k, v, one log-sum-exp per row and the dropout mask as bool (one byte per
-entry), and recomputes the probabilities in backward, as fused kernels do. With scale s = 1/√d, keep mask
-K, dropout mask M and keep probability r = 1 − p:
+On CPU, ``F.dropout`` keeps its float noise tensor (4 bytes per entry) for backward; ``torch.native_dropout``,
+which CUDA already uses, draws the same mask from the same RNG state and keeps it as bool (1 byte).
+:class:`LeanDropout` calls the latter.
+
+Attention is the larger case. PyTorch's CPU ``scaled_dot_product_attention`` has no fused kernel with
+dropout, so in training its math path keeps three (B, heads, L, S) float tensors per call: the
+probabilities, the dropout noise and the dropped probabilities (plus scaled copies of q and k).
+:func:`dropout_attention` computes the same thing but keeps only q, k, v, one log-sum-exp per row and the
+dropout mask as bool, and recomputes the probabilities in backward, as fused kernels do. With scale
+s = 1/√d, keep mask K, dropout mask M and keep probability r = 1 − p:
 
     P = softmax(s q kᵀ, masked by K),     O = (P ∘ M / r) v
     dv = (P ∘ M / r)ᵀ dO,   dP = (dO vᵀ) ∘ M / r,   dS = P ∘ (dP − rowsum(dP ∘ P)),
@@ -21,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 
@@ -87,3 +92,19 @@ def dropout_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         for the same RNG state.
     """
     return _DropoutAttention.apply(query, key, value, keep, dropout, context_index)
+
+
+class LeanDropout(nn.Module):
+    """``nn.Dropout`` with the same output for the same RNG state, keeping a bool mask for backward."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return torch.native_dropout(x, self.p, True)[0]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

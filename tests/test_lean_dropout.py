@@ -1,9 +1,10 @@
-"""Lean dropout attention: equal to torch's SDPA (same RNG state) in output and gradients, keeps less."""
+"""Lean dropout: equal to torch's dropout and SDPA (same RNG state) in output and gradients, keeps less."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.attention import dropout_attention
+from benchmarks.train_step import use_authors_dropout
+from models.lean_dropout import LeanDropout, dropout_attention
 from models.med_bert import MedBert
 
 BATCH, HEADS, QUERIES, KEYS, HEAD_DIM, DROPOUT = 3, 2, 5, 7, 4, 0.3
@@ -83,7 +84,7 @@ def test_keeps_no_float_probability_tensor_for_backward():
     assert math_path >= 3 * probabilities_bytes + inputs_bytes  # probabilities, noise, dropped
 
 
-def test_med_bert_training_on_cpu_takes_the_lean_path_with_the_same_result():
+def test_med_bert_training_on_cpu_takes_the_lean_paths_with_the_same_result():
     torch.manual_seed(0)
     bert = MedBert(50, 32, num_layers=2, heads=4, ffn=64, image_width=48, max_positions=16, dropout=0.1).train()
     ids = torch.randint(1, 50, (2, 7))
@@ -99,12 +100,29 @@ def test_med_bert_training_on_cpu_takes_the_lean_path_with_the_same_result():
 
     lean_loss, lean_grads = loss_and_grads()
     lean_saved = _saved_bytes(lambda: bert(ids, mask, image))
-    for module in bert.modules():
-        if hasattr(module, "lean_cpu_dropout"):
-            module.lean_cpu_dropout = False
+    use_authors_dropout(bert)
+    assert not any(isinstance(module, LeanDropout) for module in bert.modules())
     sdpa_loss, sdpa_grads = loss_and_grads()
     sdpa_saved = _saved_bytes(lambda: bert(ids, mask, image))
     torch.testing.assert_close(lean_loss, sdpa_loss, rtol=1e-5, atol=1e-7)
     for lean, sdpa in zip(lean_grads, sdpa_grads):
         torch.testing.assert_close(lean, sdpa, rtol=1e-4, atol=1e-6)
     assert lean_saved < sdpa_saved
+
+
+def test_lean_dropout_equals_torch_dropout_and_keeps_a_bool_mask():
+    x = torch.randn(6, 50, requires_grad=True)
+    grad_out = torch.randn(6, 50)
+    results = []
+    for module in (LeanDropout(0.25), torch.nn.Dropout(0.25)):
+        x.grad = None
+        torch.manual_seed(4)
+        saved = _saved_bytes(lambda: results.append(module(x)))
+        results[-1].backward(grad_out)
+        results.append(x.grad.clone())
+        results.append(saved)
+    lean_out, lean_grad, lean_saved, torch_out, torch_grad, torch_saved = results
+    assert torch.equal(lean_out, torch_out) and torch.equal(lean_grad, torch_grad)
+    assert (lean_out == 0).any()
+    assert (lean_saved, torch_saved) == (x.numel(), 4 * x.numel())  # bool mask against float noise
+    assert LeanDropout(0.25).eval()(x) is x
