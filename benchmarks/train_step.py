@@ -2,12 +2,12 @@
 
 Baseline (written here, the way the authors' code works): every caption padded to 73 tokens in every
 pass, each caption tokenised and POS-tagged in every step, decoder logits for every position, each
-ITM pair's image keys/values projected separately, dropout that keeps float noise for backward (and
-attention that keeps its probabilities, noise and dropped probabilities), torch's default AdamW. Ours: ``CADA.forward`` on the
-cached batch (tokenised once) and fused AdamW (as the trainer builds it), with the variants fp32, bf16
-autocast, gradient checkpointing, torch.compile and the AdamW step inside backward
-(``train.optimizer_in_backward``: no two parameters' gradients need to exist together).
-Each variant runs in its own process so that its peak memory is its own.
+ITM pair's image keys/values projected separately, layers that keep more for backward (dropout's float
+noise, attention's probabilities, noise and dropped probabilities, both h and GELU(h) in each feed-forward:
+``use_authors_layers``), torch's default AdamW. Ours: ``CADA.forward`` on the cached batch (tokenised
+once) and fused AdamW (as the trainer builds it), with the variants fp32, bf16 autocast, gradient
+checkpointing, torch.compile and the AdamW step inside backward (``train.optimizer_in_backward``: no two
+parameters' gradients need to exist together). Each variant runs in its own process so that its peak memory is its own.
 
 Usage: python benchmarks/train_step.py [--model cada_base --batch 4 --steps 3 --variants ... --json]
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,13 +42,14 @@ from datasets.attributes import build_tagger  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from engine.step_in_backward import StepInBackward  # noqa: E402
 from models.cada import CADA  # noqa: E402
-from models.lean_dropout import LeanDropout  # noqa: E402
+from models.lean_backward import LeanDropout  # noqa: E402
 from models.losses.ara import ara_loss  # noqa: E402
 from models.losses.atp import atp_group_features, atp_loss_reference  # noqa: E402
 from models.losses.global_alignment import global_alignment_loss  # noqa: E402
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives  # noqa: E402
-from models.med_bert import MultiHeadAttention  # noqa: E402
+from models.med_bert import FeedForwardOutput, MultiHeadAttention  # noqa: E402
 from models.registry import get_model_spec  # noqa: E402
+from models.vit import LeanMlp  # noqa: E402
 from utils.vocab import ENC_ID, VOCAB_SIZE  # noqa: E402
 
 VARIANTS = {  # name: (amp, grad_checkpointing, compile, baseline, optimizer step inside backward)
@@ -93,15 +95,25 @@ def baseline_losses(model: CADA, batch: dict[str, torch.Tensor]) -> dict[str, to
     return losses
 
 
-def use_authors_dropout(model: torch.nn.Module) -> None:
-    """Dropout as the authors' code runs it on CPU: float noise kept for backward, and attention that keeps
-    its probabilities, dropout noise and dropped probabilities."""
+class _PlainFeedForwardOutput(FeedForwardOutput):
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(F.gelu(x))))
+
+
+def use_authors_layers(model: torch.nn.Module) -> None:
+    """Layers as the authors' code runs them on CPU (same results, more kept for backward): dropout keeps
+    float noise, attention keeps its probabilities, noise and dropped probabilities, and each feed-forward
+    keeps both h and GELU(h)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, MultiHeadAttention):
             module.lean_cpu_dropout = False
-        if isinstance(module, LeanDropout):
+        elif isinstance(module, LeanDropout):
             parent, _, attribute = name.rpartition(".")
             setattr(model.get_submodule(parent), attribute, torch.nn.Dropout(module.p))
+        elif isinstance(module, FeedForwardOutput):
+            module.__class__ = _PlainFeedForwardOutput
+        elif isinstance(module, LeanMlp):
+            module.__class__ = Mlp
 
 
 def build(model_name: str, image_size: tuple[int, int], checkpointing: bool, device: torch.device) -> CADA:
@@ -115,7 +127,7 @@ def run_variant(args, variant: str) -> dict:
     device = pick_device(args.device)
     model = build(args.model, tuple(args.image_size), checkpointing, device).train()
     if baseline:
-        use_authors_dropout(model)
+        use_authors_layers(model)
     # ours: fused AdamW on CPU and CUDA, as the trainer builds it; the authors': torch's default AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=not baseline or None)
     if in_backward:

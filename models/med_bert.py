@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.lean_dropout import LeanDropout, dropout_attention
+from models.lean_backward import LeanDropout, dropout_attention, gelu_linear
 
 LAYER_NORM_EPS = 1e-12
 INIT_STD = 0.02
@@ -34,7 +34,7 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on attention probabilities while training.
 
     Training on CPU with dropout, where PyTorch has no fused kernel, it calls
-    :func:`models.lean_dropout.dropout_attention` (same result, keeps a bool mask instead of three float
+    :func:`models.lean_backward.dropout_attention` (same result, keeps a bool mask instead of three float
     (B, heads, L, S) tensors for backward) unless ``lean_cpu_dropout`` is set to False.
     """
 
@@ -87,6 +87,14 @@ class ResidualOutput(nn.Module):
         return self.LayerNorm(residual + self.dropout(self.dense(x)))
 
 
+class FeedForwardOutput(ResidualOutput):
+    """``LayerNorm(residual + Dropout(dense(GELU(h))))`` on the first projection's pre-activations h, keeping h
+    but not GELU(h) for backward (:func:`models.lean_backward.gelu_linear`)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(gelu_linear(x, self.dense.weight, self.dense.bias)))
+
+
 class AttentionSublayer(nn.Module):
     """Attention followed by its residual output (checkpoint names ``self`` and ``output``)."""
 
@@ -101,14 +109,14 @@ class AttentionSublayer(nn.Module):
 
 
 class Intermediate(nn.Module):
-    """First feed-forward projection with GELU."""
+    """First feed-forward projection; returns pre-activations (the GELU is in :class:`FeedForwardOutput`)."""
 
     def __init__(self, width: int, ffn: int) -> None:
         super().__init__()
         self.dense = nn.Linear(width, ffn)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(hidden))
+        return self.dense(hidden)
 
 
 class MedLayer(nn.Module):
@@ -119,7 +127,7 @@ class MedLayer(nn.Module):
         self.attention = AttentionSublayer(width, heads, width, dropout)
         self.crossattention = AttentionSublayer(width, heads, image_width, dropout)
         self.intermediate = Intermediate(width, ffn)
-        self.output = ResidualOutput(ffn, width, dropout)
+        self.output = FeedForwardOutput(ffn, width, dropout)
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
                 image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None) -> torch.Tensor:

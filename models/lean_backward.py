@@ -1,30 +1,36 @@
-"""Dropout for CPU training that keeps bool masks for backward instead of float tensors.
+"""Layers that keep less for backward than PyTorch's defaults, with the same results.
 
-On CPU, ``F.dropout`` keeps its float noise tensor (4 bytes per entry) for backward; ``torch.native_dropout``,
-which CUDA already uses, draws the same mask from the same RNG state and keeps it as bool (1 byte).
-:class:`LeanDropout` calls the latter.
+Three places where autograd keeps more than backward needs, at sizes that set a training step's peak:
 
-Attention is the larger case. PyTorch's CPU ``scaled_dot_product_attention`` has no fused kernel with
-dropout, so in training its math path keeps three (B, heads, L, S) float tensors per call: the
-probabilities, the dropout noise and the dropped probabilities (plus scaled copies of q and k).
-:func:`dropout_attention` computes the same thing but keeps only q, k, v, one log-sum-exp per row and the
-dropout mask as bool, and recomputes the probabilities in backward, as fused kernels do. With scale
-s = 1/√d, keep mask K, dropout mask M and keep probability r = 1 − p:
+- **Dropout** (:class:`LeanDropout`). On CPU, ``F.dropout`` keeps its float noise tensor (4 bytes per
+  entry); ``torch.native_dropout``, which CUDA already uses, draws the same mask from the same RNG state and
+  keeps it as bool (1 byte).
+- **Attention with dropout** (:func:`dropout_attention`). PyTorch's CPU ``scaled_dot_product_attention`` has
+  no fused kernel with dropout, so in training its math path keeps three (B, heads, L, S) float tensors per
+  call: the probabilities, the dropout noise and the dropped probabilities (plus scaled copies of q and k).
+  This function keeps only q, k, v, one log-sum-exp per row and the dropout mask as bool, and recomputes the
+  probabilities in backward, as fused kernels do. With scale s = 1/√d, keep mask K, dropout mask M and keep
+  probability r = 1 − p:
 
-    P = softmax(s q kᵀ, masked by K),     O = (P ∘ M / r) v
-    dv = (P ∘ M / r)ᵀ dO,   dP = (dO vᵀ) ∘ M / r,   dS = P ∘ (dP − rowsum(dP ∘ P)),
-    dq = s dS k,            dk = s dSᵀ q
+      P = softmax(s q kᵀ, masked by K),     O = (P ∘ M / r) v
+      dv = (P ∘ M / r)ᵀ dO,   dP = (dO vᵀ) ∘ M / r,   dS = P ∘ (dP − rowsum(dP ∘ P)),
+      dq = s dS k,            dk = s dSᵀ q
 
-The mask is drawn as the math path draws it (Bernoulli(r) on a float tensor of P's shape), so for the same
-RNG state the result equals ``F.scaled_dot_product_attention(..., dropout_p=p)``. Keys and values may be
-given once per distinct context with ``context_index`` choosing one per row; they are gathered inside, and
-only the ungathered ones are kept.
+  The mask is drawn as the math path draws it (Bernoulli(r) on a float tensor of P's shape), so for the
+  same RNG state the result equals ``F.scaled_dot_product_attention(..., dropout_p=p)``. Keys and values
+  may be given once per distinct context with ``context_index`` choosing one per row; they are gathered
+  inside, and only the ungathered ones are kept.
+- **The feed-forward GELU** (:func:`gelu_linear`). In ``W₂ GELU(h) + b₂`` autograd keeps both h (for
+  GELU's backward) and GELU(h) (for the linear's), two tensors four times the model width. This function
+  keeps h only and recomputes GELU(h), an elementwise op, in backward:
+  dW₂ = dYᵀ GELU(h),  db₂ = Σ dY,  dh = GELU'(h) ∘ (dY W₂).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -108,3 +114,37 @@ class LeanDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _GeluLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias):
+        out = F.linear(F.gelu(hidden), weight, bias)  # under autocast, in autocast's dtype
+        ctx.save_for_backward(hidden, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight = ctx.saved_tensors
+        dtype = grad_out.dtype  # the forward's compute dtype (autocast is off in backward)
+        activated = F.gelu(hidden).to(dtype)
+        grad_activated = grad_out @ weight.to(dtype)
+        grad_hidden = torch.ops.aten.gelu_backward(grad_activated.to(hidden.dtype), hidden)
+        grad_weight = (grad_out.flatten(0, -2).T @ activated.flatten(0, -2)).to(weight.dtype)
+        grad_bias = grad_out.flatten(0, -2).sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_hidden, grad_weight, grad_bias
+
+
+def gelu_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(F.gelu(hidden), weight, bias)`` (exact GELU) keeping ``hidden`` but not its GELU for backward.
+
+    Args:
+        hidden: (..., F) pre-activations of the feed-forward's first projection.
+        weight, bias: the second projection's (D, F) weight and (D,) bias (or None).
+
+    Returns:
+        (..., D).
+    """
+    return _GeluLinear.apply(hidden, weight, bias)

@@ -1,10 +1,10 @@
-"""Lean dropout: equal to torch's dropout and SDPA (same RNG state) in output and gradients, keeps less."""
+"""Lean backward: dropout, attention and the feed-forward GELU equal PyTorch's in output and gradients, keep less."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.train_step import use_authors_dropout
-from models.lean_dropout import LeanDropout, dropout_attention
+from benchmarks.train_step import use_authors_layers
+from models.lean_backward import LeanDropout, dropout_attention, gelu_linear
 from models.med_bert import MedBert
 
 BATCH, HEADS, QUERIES, KEYS, HEAD_DIM, DROPOUT = 3, 2, 5, 7, 4, 0.3
@@ -100,8 +100,9 @@ def test_med_bert_training_on_cpu_takes_the_lean_paths_with_the_same_result():
 
     lean_loss, lean_grads = loss_and_grads()
     lean_saved = _saved_bytes(lambda: bert(ids, mask, image))
-    use_authors_dropout(bert)
+    use_authors_layers(bert)
     assert not any(isinstance(module, LeanDropout) for module in bert.modules())
+    assert all(type(layer.output).__name__ == "_PlainFeedForwardOutput" for layer in bert.encoder.layer)
     sdpa_loss, sdpa_grads = loss_and_grads()
     sdpa_saved = _saved_bytes(lambda: bert(ids, mask, image))
     torch.testing.assert_close(lean_loss, sdpa_loss, rtol=1e-5, atol=1e-7)
@@ -126,3 +127,63 @@ def test_lean_dropout_equals_torch_dropout_and_keeps_a_bool_mask():
     assert (lean_out == 0).any()
     assert (lean_saved, torch_saved) == (x.numel(), 4 * x.numel())  # bool mask against float noise
     assert LeanDropout(0.25).eval()(x) is x
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gelu_linear_equals_gelu_then_linear_and_keeps_no_activation(with_bias):
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 5, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True) if with_bias else None
+    grad_out = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    results = []
+    for fn in (gelu_linear, lambda h, w, b: F.linear(F.gelu(h), w, b)):
+        for t in leaves:
+            t.grad = None
+        saved = _saved_bytes(lambda: results.append(fn(hidden, weight, bias)))
+        results[-1].backward(grad_out)
+        results.append([t.grad.clone() for t in leaves])
+        results.append(saved)
+    lean_out, lean_grads, lean_saved, plain_out, plain_grads, plain_saved = results
+    torch.testing.assert_close(lean_out, plain_out, rtol=1e-12, atol=1e-12)
+    for lean, plain in zip(lean_grads, plain_grads):
+        torch.testing.assert_close(lean, plain, rtol=1e-12, atol=1e-12)
+    assert lean_saved == (hidden.numel() + weight.numel()) * 8  # h and W, not GELU(h)
+    assert plain_saved == lean_saved + hidden.numel() * 8
+
+
+def test_gelu_linear_under_bf16_autocast_matches_the_plain_layers():
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 32, requires_grad=True)
+    linear = torch.nn.Linear(32, 8)
+    outputs, grads = [], []
+    for fn in (lambda h: gelu_linear(h, linear.weight, linear.bias), lambda h: linear(F.gelu(h))):
+        hidden.grad, linear.weight.grad, linear.bias.grad = None, None, None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(hidden * 1.0)
+        out.float().square().sum().backward()
+        outputs.append(out)
+        grads.append([hidden.grad, linear.weight.grad, linear.bias.grad])
+    assert outputs[0].dtype == outputs[1].dtype == torch.bfloat16
+    torch.testing.assert_close(outputs[0], outputs[1])
+    for lean, plain in zip(*grads):
+        assert lean.dtype == plain.dtype == torch.float32
+        torch.testing.assert_close(lean, plain, rtol=2e-2, atol=2e-2)
+
+
+def test_lean_vit_mlp_equals_timms_and_refuses_what_it_cannot_fuse():
+    from timm.layers import Mlp
+
+    from models.vit import LeanMlp
+    torch.manual_seed(0)
+    lean, plain = LeanMlp(16, 64), Mlp(16, 64)
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(lean(x), plain(x))
+    lean(x).sum().backward()
+    plain(x).sum().backward()
+    torch.testing.assert_close(lean.fc1.weight.grad, plain.fc1.weight.grad)
+    torch.testing.assert_close(lean.fc2.weight.grad, plain.fc2.weight.grad)
+    with pytest.raises(ValueError, match="exact GELU"):
+        LeanMlp(16, 64, drop=0.1)
