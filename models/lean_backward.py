@@ -39,8 +39,13 @@ def _gather(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return x if index is None else x[index]
 
 
-def _log_probabilities(query: torch.Tensor, key: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    scores = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(query.shape[-1]))
+def _scale(query: torch.Tensor) -> float:
+    return 1.0 / math.sqrt(query.shape[-1])
+
+
+def _masked_scores(query: torch.Tensor, key: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """s q kᵀ, with -inf where ``keep`` is False (the softmax's input)."""
+    scores = (query @ key.transpose(-2, -1)) * _scale(query)
     return scores if keep is None else scores.masked_fill(~keep, float("-inf"))
 
 
@@ -48,7 +53,7 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, query, key, value, keep, dropout, context_index):
-        scores = _log_probabilities(query, _gather(key, context_index), keep)
+        scores = _masked_scores(query, _gather(key, context_index), keep)
         log_sum_exp = scores.logsumexp(dim=-1, keepdim=True)
         probabilities = (scores - log_sum_exp).exp_()
         del scores
@@ -65,13 +70,13 @@ class _DropoutAttention(torch.autograd.Function):
         query, key, value, keep, kept, log_sum_exp, context_index = ctx.saved_tensors
         keep_rate = 1.0 - ctx.dropout
         key_rows, value_rows = _gather(key, context_index), _gather(value, context_index)
-        probabilities = (_log_probabilities(query, key_rows, keep) - log_sum_exp).exp_()
+        probabilities = (_masked_scores(query, key_rows, keep) - log_sum_exp).exp_()
         dropped = probabilities * kept / keep_rate
         grad_value_rows = dropped.transpose(-2, -1) @ grad_out
         del dropped
         grad_probabilities = (grad_out @ value_rows.transpose(-2, -1)).mul_(kept).div_(keep_rate)
         row_dot = (grad_probabilities * probabilities).sum(dim=-1, keepdim=True)
-        grad_scores = probabilities.mul_(grad_probabilities.sub_(row_dot)).mul_(1.0 / math.sqrt(query.shape[-1]))
+        grad_scores = probabilities.mul_(grad_probabilities.sub_(row_dot)).mul_(_scale(query))
         grad_query = grad_scores @ key_rows
         grad_key_rows = grad_scores.transpose(-2, -1) @ query
         if context_index is None:

@@ -71,6 +71,16 @@ def _saved_bytes(fn) -> int:
     return sum(storages.values())
 
 
+def _out_grads_saved(fn, leaves, grad_out):
+    """``fn()``'s output, the leaves' gradients for ``grad_out`` and the bytes autograd kept for backward."""
+    for t in leaves:
+        t.grad = None
+    outputs = []
+    saved = _saved_bytes(lambda: outputs.append(fn()))
+    outputs[0].backward(grad_out)
+    return outputs[0], [t.grad.clone() for t in leaves], saved
+
+
 def test_keeps_no_float_probability_tensor_for_backward():
     keep = _masks()["key padding"]
     query, key, value = (t.detach().float().requires_grad_() for t in _inputs(BATCH))
@@ -114,15 +124,14 @@ def test_med_bert_training_on_cpu_takes_the_lean_paths_with_the_same_result():
 def test_lean_dropout_equals_torch_dropout_and_keeps_a_bool_mask():
     x = torch.randn(6, 50, requires_grad=True)
     grad_out = torch.randn(6, 50)
-    results = []
-    for module in (LeanDropout(0.25), torch.nn.Dropout(0.25)):
-        x.grad = None
+
+    def seeded(module):
         torch.manual_seed(4)
-        saved = _saved_bytes(lambda: results.append(module(x)))
-        results[-1].backward(grad_out)
-        results.append(x.grad.clone())
-        results.append(saved)
-    lean_out, lean_grad, lean_saved, torch_out, torch_grad, torch_saved = results
+        return module(x)
+
+    (lean_out, [lean_grad], lean_saved), (torch_out, [torch_grad], torch_saved) = (
+        _out_grads_saved(lambda: seeded(module), [x], grad_out)
+        for module in (LeanDropout(0.25), torch.nn.Dropout(0.25)))
     assert torch.equal(lean_out, torch_out) and torch.equal(lean_grad, torch_grad)
     assert (lean_out == 0).any()
     assert (lean_saved, torch_saved) == (x.numel(), 4 * x.numel())  # bool mask against float noise
@@ -137,15 +146,9 @@ def test_gelu_linear_equals_gelu_then_linear_and_keeps_no_activation(with_bias):
     bias = torch.randn(4, generator=generator, dtype=torch.float64, requires_grad=True) if with_bias else None
     grad_out = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
     leaves = [t for t in (hidden, weight, bias) if t is not None]
-    results = []
-    for fn in (gelu_linear, lambda h, w, b: F.linear(F.gelu(h), w, b)):
-        for t in leaves:
-            t.grad = None
-        saved = _saved_bytes(lambda: results.append(fn(hidden, weight, bias)))
-        results[-1].backward(grad_out)
-        results.append([t.grad.clone() for t in leaves])
-        results.append(saved)
-    lean_out, lean_grads, lean_saved, plain_out, plain_grads, plain_saved = results
+    (lean_out, lean_grads, lean_saved), (plain_out, plain_grads, plain_saved) = (
+        _out_grads_saved(lambda: fn(hidden, weight, bias), leaves, grad_out)
+        for fn in (gelu_linear, lambda h, w, b: F.linear(F.gelu(h), w, b)))
     torch.testing.assert_close(lean_out, plain_out, rtol=1e-12, atol=1e-12)
     for lean, plain in zip(lean_grads, plain_grads):
         torch.testing.assert_close(lean, plain, rtol=1e-12, atol=1e-12)
