@@ -45,7 +45,7 @@ def two_stage(model, images, ids, mask, k: int, device, fast: bool, amp: str = "
             q_ids, q_mask = ids[i:i + batch].to(device), mask[i:i + batch].to(device)
             if fast:
                 q_ids, q_mask = trim_to_longest(q_ids, q_mask)
-            text_feats.append(model.text_features(model.encode_text(q_ids, q_mask)).float())
+            text_feats.append(model.text_features(model.encode_text(q_ids, q_mask, first_token_only=fast)).float())
     text_feats = torch.cat(text_feats)
     enc_ids = ids.clone()
     enc_ids[:, 0] = ENC_ID

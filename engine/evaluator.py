@@ -68,14 +68,16 @@ def encode_queries(model, tokenizer, texts: list[str], max_text_len: int, batch_
                    amp: str = "off"):
     """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L).
 
-    Each batch is trimmed to its longest caption (only [CLS] is read; exact, see docs/method.md).
+    Each batch is trimmed to its longest caption and its last layer computes [CLS] alone (only [CLS] is read;
+    exact, see docs/method.md).
     """
     ids, mask = encode(tokenizer, texts, max_text_len)
     features = []
     for i in range(0, len(texts), batch_size):
         batch_ids, batch_mask = trim_to_longest(ids[i:i + batch_size], mask[i:i + batch_size])  # on the CPU copy
         with autocast(device, amp):
-            features.append(model.text_features(model.encode_text(batch_ids.to(device), batch_mask.to(device))).float())
+            features.append(model.text_features(model.encode_text(batch_ids.to(device), batch_mask.to(device),
+                                                                    first_token_only=True)).float())
     return torch.cat(features), ids, mask
 
 

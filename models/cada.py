@@ -57,7 +57,10 @@ class CADA(CADABackbone):
         length = longest_caption(mask) if length is None else int(length)
         image_embeds = self.encode_image(batch["image"])  # (b, 1+N, Dv)
         image_proj = self.project_image(image_embeds)  # (b, 256) unnormalised
-        text_proj = self.project_text(self.encode_text(*trim_to_longest(ids, mask, length=length)))  # (b, 256)
+        # only [CLS] is projected: its last layer alone, unless dropout would then draw other random numbers
+        cls_only = not self.training or self.spec.dropout == 0
+        text_proj = self.project_text(self.encode_text(*trim_to_longest(ids, mask, length=length),
+                                                       first_token_only=cls_only))  # (b, 256)
         labels_all = all_gather_no_grad(labels)  # (B,)
         losses = {}
         if "global" in wanted:

@@ -56,14 +56,17 @@ class CADABackbone(nn.Module):
         """L2-normalised image feature (B, E) for retrieval."""
         return F.normalize(self.project_image(image_embeds), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    first_token_only: bool = False) -> torch.Tensor:
         """Text-mode states (B, L, Dt): bidirectional, no cross-attention.
 
         Args:
             input_ids: (B, L) ids starting with ``[CLS]``.
             attention_mask: (B, L), 1 for real tokens.
+            first_token_only: return (B, 1, Dt), the [CLS] state alone, skipping the last layer's other
+                positions (all :meth:`project_text` reads).
         """
-        return self.text_encoder(input_ids, attention_mask)
+        return self.text_encoder(input_ids, attention_mask, first_token_only=first_token_only)
 
     def project_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
         """Unnormalised 256-d text feature (B, E) from the first token's state."""
@@ -93,7 +96,8 @@ class CADABackbone(nn.Module):
                         image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking.
 
-        Only position 0 is read, so the texts are first trimmed to their longest caption (exact).
+        Only position 0 is read, so the texts are first trimmed to their longest caption (exact) and the last
+        layer computes position 0 alone.
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
@@ -102,7 +106,8 @@ class CADABackbone(nn.Module):
                 ``image_index`` (B,) (see :meth:`fuse`).
         """
         input_ids, attention_mask = trim_to_longest(input_ids, attention_mask)
-        fused = self.fuse(input_ids, attention_mask, image_embeds, image_index)
+        fused = self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds, image_index=image_index,
+                                  first_token_only=True)  # (B, 1, Dt)
         return self.itm_head(fused[:, 0])[:, MATCH_CLASS]
 
     def decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -130,8 +130,12 @@ class MedLayer(nn.Module):
         self.output = FeedForwardOutput(ffn, width, dropout)
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
-                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.attention(hidden, hidden, self_keep)
+                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """(B, L, D) states in, (B, L, D) out; with ``first_token_only`` only position 0 is computed, (B, 1, D),
+        its self-attention still reading every position (``self_keep`` must then be (B, 1, 1, L))."""
+        queries = hidden[:, :1] if first_token_only else hidden
+        hidden = self.attention(queries, hidden, self_keep)
         if image_embeds is not None:
             hidden = self.crossattention(hidden, image_embeds, image_keep, image_index)
         return self.output(self.intermediate(hidden), hidden)
@@ -147,14 +151,17 @@ class MedLayerStack(nn.Module):
         self.grad_checkpointing = grad_checkpointing
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
-                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None) -> torch.Tensor:
+                image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None,
+                first_token_only: bool = False) -> torch.Tensor:
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layer:
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            first_only = first_token_only and index == last
             if recompute:
-                hidden = checkpoint(layer, hidden, self_keep, image_embeds, image_keep, image_index,
+                hidden = checkpoint(layer, hidden, self_keep, image_embeds, image_keep, image_index, first_only,
                                     use_reentrant=False)
             else:
-                hidden = layer(hidden, self_keep, image_embeds, image_keep, image_index)
+                hidden = layer(hidden, self_keep, image_embeds, image_keep, image_index, first_only)
         return hidden
 
 
@@ -214,8 +221,8 @@ class MedBert(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor | None = None,
                 image_mask: torch.Tensor | None = None, causal: bool = False,
-                image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Encodes token ids; returns hidden states (B, L, D).
+                image_index: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
+        """Encodes token ids; returns hidden states (B, L, D), or (B, 1, D) with ``first_token_only``.
 
         Args:
             input_ids: (B, L) token ids.
@@ -229,7 +236,12 @@ class MedBert(nn.Module):
                 images and row b cross-attends to image ``image_index[b]``; each layer projects the
                 keys and values of each distinct image once (re-ranking shares them between queries).
                 ``image_mask``, if given, is then (U, S).
+            first_token_only: compute the last layer for position 0 alone, for callers that read only the
+                first token ([CLS] features, the ITM logit): the same states as the full pass's first row
+                (up to float rounding), since every earlier layer still runs on every position.
         """
+        if first_token_only and causal:
+            raise ValueError("first_token_only is for bidirectional passes; the causal decoder reads every position")
         length = input_ids.shape[1]
         self_keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
         if causal:
@@ -239,7 +251,7 @@ class MedBert(nn.Module):
         if image_keep is not None and image_index is not None:
             image_keep = image_keep[image_index]
         hidden = self.embeddings(input_ids)  # (B, L, D)
-        return self.encoder(hidden, self_keep, image_embeds, image_keep, image_index)
+        return self.encoder(hidden, self_keep, image_embeds, image_keep, image_index, first_token_only)
 
 
 class PredictionTransform(nn.Module):

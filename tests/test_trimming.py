@@ -118,3 +118,38 @@ def test_training_losses_and_gradients_equal_the_authors_way():
     model = CADA(get_model_spec("cada_tiny"), SIZE).eval()
     batch = training_batch(1)
     assert_same(losses_and_grads(model, batch), losses_and_grads(model, batch, lambda b: baseline_losses(model, b)))
+
+
+@torch.no_grad()
+def test_first_token_only_pass_equals_the_first_row_of_the_full_pass(backbone):
+    ids, mask = padded_captions()
+    image_embeds = backbone.encode_image(torch.randn(2, 3, *SIZE))
+    image_index = torch.tensor([1, 0, 1, 1])  # shared images, as in re-ranking
+    full_text = backbone.encode_text(ids, mask)
+    first_text = backbone.encode_text(ids, mask, first_token_only=True)
+    assert first_text.shape == (4, 1, full_text.shape[2])
+    torch.testing.assert_close(first_text, full_text[:, :1], atol=1e-5, rtol=1e-5)
+    enc_ids = ids.clone()
+    enc_ids[:, 0] = ENC_ID
+    full_fused = backbone.fuse(enc_ids, mask, image_embeds, image_index=image_index)
+    first_fused = backbone.text_encoder(enc_ids, mask, image_embeds=image_embeds, image_index=image_index,
+                                        first_token_only=True)
+    torch.testing.assert_close(first_fused, full_fused[:, :1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(first_fused, full_text[:, :1], atol=1e-3)  # the images did enter
+    with pytest.raises(ValueError, match="first_token_only"):
+        backbone.text_encoder(ids, mask, causal=True, first_token_only=True)
+
+
+def test_first_token_only_pass_under_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(1)
+    spec = get_model_spec("cada_tiny")
+    plain, recomputed = (CADABackbone(spec, SIZE, grad_checkpointing=flag).train() for flag in (False, True))
+    recomputed.load_state_dict(plain.state_dict())
+    ids, mask = padded_captions()
+    grads = []
+    for model in (plain, recomputed):
+        model.zero_grad()
+        model.project_text(model.encode_text(ids, mask, first_token_only=True)).square().sum().backward()
+        grads.append(model.text_encoder.encoder.layer[0].attention.self.query.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    assert grads[0].abs().sum() > 0
