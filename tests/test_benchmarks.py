@@ -57,3 +57,10 @@ def test_gpu_check_runs_on_cpu_with_tiny_and_writes_its_json(tmp_path):
     assert results["train_step"]["max_loss_difference"]["ara"] < 1e-5
     assert results["eval_two_stage"]["rows"][1]["same_top_k"]  # ours at fp32 ranks as the baseline does
     assert results["dist_startup"]["all_reduce_ok"]
+
+
+def test_text_cls_pass_benchmark_compares_two_ways_with_equal_losses():
+    from benchmarks.train_overheads import text_cls_pass
+    result = text_cls_pass(batch=4, image_size=(32, 16), repeats=1)
+    assert set(result["seconds"]) == {"every position", "[CLS] alone"}
+    assert result["loss_difference"] < 1e-5
