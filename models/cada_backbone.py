@@ -77,8 +77,9 @@ class CADABackbone(nn.Module):
         return F.normalize(self.project_text(text_embeds), dim=-1)
 
     def fuse(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
-             image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Multimodal states (B, L, Dt): the text encoder cross-attending to every image token.
+             image_index: torch.Tensor | None = None, first_token_only: bool = False) -> torch.Tensor:
+        """Multimodal states (B, L, Dt), or (B, 1, Dt) with ``first_token_only`` (the last layer computes
+        position 0 alone): the text encoder cross-attending to every image token.
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
@@ -86,7 +87,8 @@ class CADABackbone(nn.Module):
             image_embeds: (B, 1 + N, Dv) image tokens paired row by row with the texts, or with
                 ``image_index`` (B,) the (U, 1 + N, Dv) distinct images that row b takes as ``image_index[b]``.
         """
-        return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds, image_index=image_index)
+        return self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds, image_index=image_index,
+                                 first_token_only=first_token_only)
 
     def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """ITM logits (B, 2) from the fused states' first token; index 1 is the match class."""
@@ -106,8 +108,7 @@ class CADABackbone(nn.Module):
                 ``image_index`` (B,) (see :meth:`fuse`).
         """
         input_ids, attention_mask = trim_to_longest(input_ids, attention_mask)
-        fused = self.text_encoder(input_ids, attention_mask, image_embeds=image_embeds, image_index=image_index,
-                                  first_token_only=True)  # (B, 1, Dt)
+        fused = self.fuse(input_ids, attention_mask, image_embeds, image_index, first_token_only=True)  # (B, 1, Dt)
         return self.itm_head(fused[:, 0])[:, MATCH_CLASS]
 
     def decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

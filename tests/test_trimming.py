@@ -132,8 +132,7 @@ def test_first_token_only_pass_equals_the_first_row_of_the_full_pass(backbone):
     enc_ids = ids.clone()
     enc_ids[:, 0] = ENC_ID
     full_fused = backbone.fuse(enc_ids, mask, image_embeds, image_index=image_index)
-    first_fused = backbone.text_encoder(enc_ids, mask, image_embeds=image_embeds, image_index=image_index,
-                                        first_token_only=True)
+    first_fused = backbone.fuse(enc_ids, mask, image_embeds, image_index=image_index, first_token_only=True)
     torch.testing.assert_close(first_fused, full_fused[:, :1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(first_fused, full_text[:, :1], atol=1e-3)  # the images did enter
     with pytest.raises(ValueError, match="first_token_only"):
