@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cuhk_like_captions, prepare_text, train_batch  # noqa: E402
 from datasets.attributes import attribute_candidates, build_tagger  # noqa: E402
 from datasets.synthetic import describe, sample_identity  # noqa: E402
 from datasets.tokenization import build_tokenizer, encode  # noqa: E402
-from benchmarks.common import cuhk_like_captions, prepare_text, train_batch  # noqa: E402
 from models.cada import CADA  # noqa: E402
 from models.cada_backbone import CADABackbone  # noqa: E402
 from models.med_bert import TextDecoder  # noqa: E402
