@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.ara_masking import mask_attribute_tokens
+from datasets.colour_swap import swap_one_colour
 from datasets.images import load_rgb
 from datasets.records import PersonRecord
 from datasets.tokenization import encode
@@ -40,7 +41,7 @@ def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
 
 
 def stream_seeds(sample_seed: int, streams: int) -> list[int]:
-    """Independent seeds for a sample's random streams (augmentation, ARA masking), drawn from one seed.
+    """Independent seeds for a sample's random streams (augmentation, ARA masking, colour swap), from one seed.
 
     Seeding two generators with the same number would tie their draws together (e.g. a word masked
     exactly when the image is flipped); drawing the seeds from a generator seeded once keeps them apart.
@@ -53,7 +54,7 @@ class TrainPairs(Dataset):
     """One item per (image, caption), with captions tokenized and ARA candidates found once, up front.
 
     Items are requested as ``(index, sample_seed)`` (see ``datasets.sampler``); the seed drives the
-    augmentation and, independently, the ARA masking of that item.
+    augmentation and, independently, the ARA masking and the colour swap of that item.
 
     Args:
         records: training records.
@@ -66,11 +67,14 @@ class TrainPairs(Dataset):
         mask_prob: ARA masking probability of each candidate group.
         render: optional ``(image_path, sample_seed) -> PIL image`` used instead of reading the file
             (``datasets.synthetic.fresh.FreshRenders``).
+        colour_swap: optional ``(colour_of_token, colour_ids)`` from ``datasets.colour_swap.colour_table``;
+            with it every item also carries ``swap_input_ids`` (one colour word replaced) and
+            ``swap_valid`` (False when the caption names no colour).
     """
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
                  captions: str = "first_two", candidate_groups: Callable | None = None, mask_prob: float = 0.0,
-                 render: Callable | None = None):
+                 render: Callable | None = None, colour_swap: tuple[torch.Tensor, torch.Tensor] | None = None):
         if captions not in CAPTION_PROTOCOLS:
             raise ValueError(f"captions must be one of {list(CAPTION_PROTOCOLS)}, got {captions!r}")
         keep = CAPTION_PROTOCOLS[captions]
@@ -85,13 +89,14 @@ class TrainPairs(Dataset):
         self.candidate_groups = None if candidate_groups is None else candidate_groups(self.captions)
         self.mask_prob = mask_prob
         self.render = render
+        self.colour_swap = colour_swap
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = item
-        image_seed, mask_seed = stream_seeds(sample_seed, 2)
+        image_seed, mask_seed, swap_seed = stream_seeds(sample_seed, 3)
         path = self.image_paths[index]
         image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
@@ -104,6 +109,10 @@ class TrainPairs(Dataset):
                                                    self.candidate_groups[index:index + 1], self.mask_prob,
                                                    generator=torch.Generator().manual_seed(mask_seed))
             sample["ara_input_ids"], sample["ara_labels"] = masked[0], labels[0]
+        if self.colour_swap is not None:
+            swapped, valid = swap_one_colour(self.input_ids[index], *self.colour_swap,
+                                             generator=torch.Generator().manual_seed(swap_seed))
+            sample["swap_input_ids"], sample["swap_valid"] = swapped, torch.tensor(valid)
         return sample
 
 

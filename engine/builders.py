@@ -9,6 +9,7 @@ import torch
 
 from datasets.ara_masking import pack_candidate_groups
 from datasets.attributes import attribute_candidates, build_tagger
+from datasets.colour_swap import colour_table
 from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
 from datasets.registry import dataset_dir, load_records
@@ -119,6 +120,9 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
             return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
                                                                max_len=config.model.max_text_len) for c in captions],
                                          config.model.max_text_len)
+    colour_swap = None
+    if config.loss.itm.colour_swap_negatives and config.loss.itm.weight > 0:
+        colour_swap = colour_table(tokenizer)
     render = None
     if data.synthetic_fresh_renders:
         if data.dataset != "synthetic":
@@ -129,7 +133,7 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
                                                      pad=data.pad, erasing=data.erasing, resize=data.resize,
                                                      erasing_fill=data.erasing_fill),
                       tokenizer, config.model.max_text_len, captions=data.train_captions, candidate_groups=groups,
-                      mask_prob=config.loss.ara.prob, render=render)
+                      mask_prob=config.loss.ara.prob, render=render, colour_swap=colour_swap)
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:

@@ -72,7 +72,9 @@ class CADA(CADABackbone):
         if wanted & {"itm", "atp"}:
             if self.fused_pass_trimmable():
                 ids, mask = trim_to_longest(ids, mask, length=length)
-            losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj))
+            swapped = self._colour_swapped(batch, ids.shape[1])
+            losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj,
+                                             swapped))
         if "ara" in wanted:
             losses["ara"] = self._ara_loss(batch, image_embeds, length)
         return losses
@@ -83,10 +85,21 @@ class CADA(CADABackbone):
         only without ATP or with adaptive ATP (padding masked, groups from the valid tokens) is it exact."""
         return "atp" not in self.losses or self.objective.atp.mode == "adaptive"
 
-    def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj):
+    def _colour_swapped(self, batch, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(swap_input_ids (b, length), swap_valid (b,))`` when ``loss.itm.colour_swap_negatives`` is on."""
+        if not (self.objective.itm.colour_swap_negatives and "itm" in self.losses):
+            return None
+        if "swap_input_ids" not in batch:
+            raise ValueError("loss.itm.colour_swap_negatives is on but the batch has no swap_input_ids "
+                             "(build the training set with engine.builders.build_train_set)")
+        return batch["swap_input_ids"][:, :length], batch["swap_valid"]
+
+    def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj, swapped=None):
         """ITM and ATP share the fused passes over m positive and 2m hardest-negative pairs, where the
         m anchors are the first ``loss.local_pairs_fraction`` of the b local pairs (all of them in the
-        reference) and the negatives come from the whole global batch."""
+        reference) and the negatives come from the whole global batch. With ``swapped`` (colour-swapped
+        captions, see datasets/colour_swap.py) m more pairs, each anchor's image with its own caption
+        one colour wrong, are ITM negatives too (not ATP's: all but one of their groups do match)."""
         settings = self.objective
         b = ids.shape[0]
         m = anchor_count(b, settings.local_pairs_fraction)
@@ -110,14 +123,23 @@ class CADA(CADABackbone):
         else:
             distinct = torch.cat([image_embeds[:m], image_embeds_all[neg_image]])
             pair_image = torch.cat([own, own + m, own])
-        fused = self.fuse(torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask]), distinct,
-                          image_index=pair_image)  # (3m, L, D): pairs (text, image) as listed above
-        fused_mask = torch.cat([mask, neg_mask])
+        fused_ids, fused_mask = torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask])
+        if swapped is not None:  # each anchor's image with its colour-swapped caption
+            swap_ids = swapped[0][:m].clone()
+            swap_ids[:, 0] = ENC_ID
+            fused_ids, pair_image = torch.cat([fused_ids, swap_ids]), torch.cat([pair_image, own])
+            fused = self.fuse(fused_ids, torch.cat([fused_mask, mask]), distinct, image_index=pair_image)  # (4m, L, D)
+        else:
+            fused = self.fuse(fused_ids, fused_mask, distinct,
+                              image_index=pair_image)  # (3m, L, D): pairs (text, image) as listed above
         is_match = torch.cat([torch.ones(m, dtype=torch.long), torch.zeros(2 * m, dtype=torch.long)]).to(ids.device)
         losses = {}
         if "itm" in self.losses:
-            logits = self.itm_head(fused[:, 0]).float()  # (3m, 2)
-            losses["itm"] = itm_loss(logits[:m], logits[m:])
+            logits = self.itm_head(fused[:, 0]).float()  # (3m, 2), or (4m, 2) with colour swaps
+            neg_valid = None if swapped is None else torch.cat([torch.ones(2 * m, dtype=torch.bool,
+                                                                           device=ids.device), swapped[1][:m]])
+            losses["itm"] = itm_loss(logits[:m], logits[m:], neg_valid)
+        fused = fused[:3 * m]
         if "atp" in self.losses:
             atp = settings.atp
             groups, valid = atp_group_features(fused, fused_mask, mode=atp.mode, groups=atp.groups,

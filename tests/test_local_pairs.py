@@ -19,9 +19,9 @@ def captured_local_inputs(fraction, monkeypatch):
     """Runs a training forward; returns what reached the ITM loss and the reference ATP loss."""
     captured = {}
 
-    def itm(positive, negative):
+    def itm(positive, negative, valid=None):
         captured["itm"] = torch.cat([positive, negative]).detach()
-        return REAL_ITM_LOSS(positive, negative)
+        return REAL_ITM_LOSS(positive, negative, valid)
 
     def atp(logits, is_match, valid=None):
         captured["atp"], captured["is_match"] = logits.detach(), is_match

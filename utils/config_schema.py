@@ -83,6 +83,8 @@ class ITMLossConfig:
     weight: NonNegativeFloat = 1.0
     negatives: Literal["argmax", "multinomial"] = "argmax"  # argmax: reference; multinomial: BLIP
     temperature: PositiveFloat = 0.07
+    # each anchor's image with its caption one colour word wrong, as an extra negative (not in the reference)
+    colour_swap_negatives: bool = False
 
 
 @dataclass

@@ -13,6 +13,10 @@ and 2b negative pairs (b (T_i, I⁻_i) and b (T⁻_i, I_i)), and
 
     L_itm = (1 / 3b) Σ_n CE(itm_head(h_n), c_n),   c = [1]*b + [0]*2b.
 
+With ``loss.itm.colour_swap_negatives`` each anchor image I_i also meets its own caption with one
+colour word swapped (datasets/colour_swap.py), a negative: s more rows labelled 0, where s ≤ b counts
+the captions that name a colour, and the mean runs over 3b + s rows.
+
 With ``loss.local_pairs_fraction`` f < 1 only the first m = ⌈f·b⌉ local pairs anchor (b → m above);
 their negatives still come from the whole global batch.
 """
@@ -113,15 +117,16 @@ def _pick(masked_sims: torch.Tensor, mode: str, generator: torch.Generator | Non
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of the match head: positives labelled 1, negatives 0, mean over all rows.
 
     Args:
         pos_logits: (b, 2) ``itm_head`` logits of the positive pairs.
-        neg_logits: (2b, 2) logits of the negative pairs (any number of rows is accepted).
+        neg_logits: (n, 2) logits of the negative pairs (2b in the reference).
+        neg_valid: optional (n,) bool; negatives marked False are left out of the sum and the count.
 
     Returns:
-        Scalar ``(1 / (b + n)) Σ CE(logits, [1]*b + [0]*n)`` with n = rows of ``neg_logits``.
+        Scalar ``(1 / (b + n')) Σ CE(logits, [1]*b + [0]*n')`` over the n' valid negatives.
     """
     if pos_logits.ndim != 2 or pos_logits.shape[1] != 2 or neg_logits.ndim != 2 or neg_logits.shape[1] != 2:
         raise ValueError(f"ITM logits must be (n, 2); got pos {tuple(pos_logits.shape)}, "
@@ -129,4 +134,10 @@ def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor
     logits = torch.cat([pos_logits, neg_logits], dim=0).float()  # (b + n, 2)
     labels = torch.cat([torch.ones(pos_logits.shape[0], dtype=torch.long, device=logits.device),
                         torch.zeros(neg_logits.shape[0], dtype=torch.long, device=logits.device)])
-    return F.cross_entropy(logits, labels)
+    if neg_valid is None:
+        return F.cross_entropy(logits, labels)
+    if neg_valid.shape != neg_logits.shape[:1]:
+        raise ValueError(f"neg_valid must be ({neg_logits.shape[0]},), got {tuple(neg_valid.shape)}")
+    weights = torch.cat([torch.ones(pos_logits.shape[0], device=logits.device),
+                         neg_valid.to(device=logits.device, dtype=torch.float32)])  # (b + n,)
+    return (F.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum()
