@@ -123,15 +123,14 @@ class CADA(CADABackbone):
         else:
             distinct = torch.cat([image_embeds[:m], image_embeds_all[neg_image]])
             pair_image = torch.cat([own, own + m, own])
-        fused_ids, fused_mask = torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask])
-        if swapped is not None:  # each anchor's image with its colour-swapped caption
+        pair_ids, fused_mask = torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask])  # the 3m pairs' texts
+        pair_mask = fused_mask
+        if swapped is not None:  # then each anchor's image with its colour-swapped caption
             swap_ids = swapped[0][:m].clone()
             swap_ids[:, 0] = ENC_ID
-            fused_ids, pair_image = torch.cat([fused_ids, swap_ids]), torch.cat([pair_image, own])
-            fused = self.fuse(fused_ids, torch.cat([fused_mask, mask]), distinct, image_index=pair_image)  # (4m, L, D)
-        else:
-            fused = self.fuse(fused_ids, fused_mask, distinct,
-                              image_index=pair_image)  # (3m, L, D): pairs (text, image) as listed above
+            pair_ids, pair_mask = torch.cat([pair_ids, swap_ids]), torch.cat([pair_mask, mask])
+            pair_image = torch.cat([pair_image, own])
+        fused = self.fuse(pair_ids, pair_mask, distinct, image_index=pair_image)  # (3m or 4m, L, D): pairs as listed
         is_match = torch.cat([torch.ones(m, dtype=torch.long), torch.zeros(2 * m, dtype=torch.long)]).to(ids.device)
         losses = {}
         if "itm" in self.losses:
