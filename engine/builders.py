@@ -122,7 +122,11 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
                                          config.model.max_text_len)
     colour_swap = None
     if config.loss.itm.colour_swap_negatives and config.loss.itm.weight > 0:
-        colour_swap = colour_table(tokenizer)
+        try:
+            colour_swap = colour_table(tokenizer)
+        except ValueError as error:
+            raise ConfigError(f"loss.itm.colour_swap_negatives with model.tokenizer "
+                              f"{config.model.tokenizer or '(bundled)'!r}: {error}") from None
     render = None
     if data.synthetic_fresh_renders:
         if data.dataset != "synthetic":

@@ -1,5 +1,6 @@
 """Colour-swapped captions as extra ITM negatives (loss.itm.colour_swap_negatives)."""
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,12 +11,15 @@ from datasets.colour_swap import BASIC_COLOURS, colour_table, swap_one_colour
 from datasets.person_search import TrainPairs
 from datasets.records import PersonRecord
 from datasets.synthetic.identity import COLOURS, HAIR_COLOURS
-from datasets.tokenization import build_tokenizer, encode
+from datasets.tokenization import BUNDLED_VOCAB, build_tokenizer, encode
 from datasets.transforms import build_image_transform
+from engine.builders import build_train_set, tokenizer_for
 from models.losses.itm import itm_loss
 from models.registry import get_model_spec
 from tests.test_trimming import SIZE, training_batch
+from utils.config import load_config
 from utils.config_schema import ITMLossConfig, LossConfig
+from utils.errors import ConfigError
 from utils.vocab import ENC_ID
 
 TOKENIZER = build_tokenizer()
@@ -154,3 +158,13 @@ def test_swap_negatives_need_swapped_captions_in_the_batch():
                              objective=LossConfig(itm=ITMLossConfig(colour_swap_negatives=True)))
     with pytest.raises(ValueError, match="swap_input_ids"):
         model(training_batch())
+
+
+def test_a_vocabulary_without_a_colour_word_is_a_config_error(tmp_path):
+    words = BUNDLED_VOCAB.read_text(encoding="utf-8").splitlines()
+    words[words.index("grey")] = "[unused-grey]"
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml",
+                         [f"model.tokenizer={tmp_path}", "loss.itm.colour_swap_negatives=true"])
+    with pytest.raises(ConfigError, match="colour_swap_negatives.*'grey' is not a single token"):
+        build_train_set(config, [], tokenizer_for(config))
