@@ -17,25 +17,22 @@ BASIC_COLOURS = ("black", "white", "grey", "red", "blue", "green", "yellow", "or
 SPELLINGS = {"gray": "grey"}  # other spellings of a basic colour: swapped like it, never swapped into it
 
 
-def colour_table(tokenizer, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def colour_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of the colour words.
 
     Args:
         tokenizer: from ``datasets.tokenization.build_tokenizer``.
-        vocab_size: length of the returned lookup (default: the tokenizer's vocabulary size).
 
     Returns:
-        ``(colour_of_token, colour_ids)``: (V,) int64 giving each token's index in
+        ``(colour_of_token, colour_ids)``: (V,) int64 giving each vocabulary token's index in
         :data:`BASIC_COLOURS` (−1 for other tokens; a spelling maps to its colour's index), and
         (C,) int64, the token id of each basic colour.
 
     Raises:
         ValueError: a colour word is not a single token of this vocabulary.
     """
-    vocab_size = tokenizer.get_vocab_size() if vocab_size is None else vocab_size
-    colour_of_token = torch.full((vocab_size,), -1, dtype=torch.long)
-    words = {word: word for word in BASIC_COLOURS} | SPELLINGS
-    for word, colour in words.items():
+    colour_of_token = torch.full((tokenizer.get_vocab_size(),), -1, dtype=torch.long)
+    for word, colour in ({word: word for word in BASIC_COLOURS} | SPELLINGS).items():
         token = tokenizer.token_to_id(word)
         if token is None:
             raise ValueError(f"colour word {word!r} is not a single token of the tokenizer's vocabulary")

@@ -14,7 +14,7 @@ from datasets.synthetic.identity import COLOURS, HAIR_COLOURS
 from datasets.tokenization import BUNDLED_VOCAB, build_tokenizer, encode
 from datasets.transforms import build_image_transform
 from engine.builders import build_train_set, tokenizer_for
-from models.losses.itm import itm_loss
+from models.losses.itm import anchor_count, itm_loss
 from models.registry import get_model_spec
 from tests.test_trimming import SIZE, training_batch
 from utils.config import load_config
@@ -111,7 +111,7 @@ def swap_batch():
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_swap_rows_are_itm_negatives_scored_on_the_anchors_own_image(fraction):
+def test_swap_rows_are_itm_negatives_scored_on_the_anchors_own_image(fraction, monkeypatch):
     """ITM with swaps = the reference ITM's rows plus, written out by hand, each anchor's image fused with its
     swapped caption and labelled 0 (captions naming no colour left out); the other terms do not change."""
     batch = swap_batch()
@@ -130,14 +130,11 @@ def test_swap_rows_are_itm_negatives_scored_on_the_anchors_own_image(fraction):
         return itm_loss(positive, negative, valid)
     with torch.no_grad():
         reference = plain(batch)
-        cada_module.itm_loss, real = capture, cada_module.itm_loss
-        try:
-            plain(batch)
-            reference_rows = torch.cat([captured["pos"], captured["neg"]])
-            losses = swapping(batch)
-        finally:
-            cada_module.itm_loss = real
-        m = max(1, int(fraction * 4))
+        monkeypatch.setattr(cada_module, "itm_loss", capture)
+        plain(batch)
+        reference_rows = torch.cat([captured["pos"], captured["neg"]])
+        losses = swapping(batch)
+        m = anchor_count(4, fraction)
         assert captured["neg"].shape[0] == 3 * m
         ids = batch["swap_input_ids"][:m].clone()
         ids[:, 0] = ENC_ID
