@@ -121,8 +121,9 @@ def build(model_name: str, image_size: tuple[int, int], checkpointing: bool, dev
     return CADA(get_model_spec(model_name), image_size, grad_checkpointing=checkpointing).to(device)
 
 
-def run_variant(args, variant: str) -> dict:
-    """Times ``args.steps`` steps of one variant; returns samples/s and peak memory."""
+def prepare_step(args, variant: str, mark=lambda phase: None):
+    """Model, optimizer and cached batch of one variant; returns ``(step, device)``. ``step()`` runs one training
+    step and calls ``mark`` with "forward", "backward" and "optimizer" as each phase begins."""
     amp, checkpointing, compile_model, baseline, in_backward = VARIANTS[variant]
     device = pick_device(args.device)
     model = build(args.model, tuple(args.image_size), checkpointing, device).train()
@@ -141,6 +142,7 @@ def run_variant(args, variant: str) -> dict:
     context = (torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext())
 
     def step() -> None:
+        mark("forward")
         if baseline:  # text prepared again in every step
             text = prepare_text(captions, tokenizer, tagger, torch.Generator().manual_seed(0))
             batch = {**cached, **{k: v.to(device) for k, v in text.items()}}
@@ -149,11 +151,19 @@ def run_variant(args, variant: str) -> dict:
         else:
             with context:
                 losses = forward(cached)
+        mark("backward")
         sum(losses.values()).backward()  # with in_backward, AdamW has stepped every parameter in here
+        mark("optimizer")
         if not in_backward:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    return step, device
+
+
+def run_variant(args, variant: str) -> dict:
+    """Times ``args.steps`` steps of one variant; returns samples/s and peak memory."""
+    step, device = prepare_step(args, variant)
     step()  # warm-up (and compilation) outside the peak
     reset_peak_memory(device)
     seconds = timed(step, device, args.steps, warmup=0)

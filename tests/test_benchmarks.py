@@ -11,6 +11,7 @@ import torch
 from benchmarks import data_pipeline, eval_two_stage, train_step
 from benchmarks.common import cuhk_like_captions
 from datasets.tokenization import build_tokenizer, encode
+from models.cada import CADA
 from models.cada_backbone import CADABackbone
 from models.registry import get_model_spec
 
@@ -64,3 +65,19 @@ def test_text_cls_pass_benchmark_compares_two_ways_with_equal_losses():
     result = text_cls_pass(batch=4, image_size=(32, 16), repeats=1)
     assert set(result["seconds"]) == {"every position", "[CLS] alone"}
     assert result["loss_difference"] < 1e-5
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads glibc's mallinfo2 and /proc")
+def test_memory_breakdown_accounts_for_the_weights_and_adamw_moments():
+    command = [sys.executable, str(ROOT / "benchmarks" / "memory_breakdown.py"), "--model", "cada_tiny", "--batch", "4",
+               "--image-size", "32", "16", "--variants", "fp32", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])["rows"][0]
+    torch.manual_seed(0)
+    parameter_mib = sum(p.numel() for p in CADA(get_model_spec("cada_tiny"), (32, 16)).parameters()) * 4 / 2**20
+    # after a step the heap holds the weights and AdamW's two moments (3 x 44.6 MiB) plus the process's own
+    # objects (tokenizer, tagger, interpreter: well under 400 MiB)
+    assert 3 * parameter_mib < row["live_idle_mib"] < 3 * parameter_mib + 400
+    assert row["max_live_mib"] > row["live_idle_mib"]  # activations and gradients come on top
