@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,20 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
         print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
         if n == 0:
             print("  ".join("-" * width for width in widths))
+
+
+def run_variant_processes(script: str, variants: list[str], arguments: list[str]) -> list[dict]:
+    """Runs ``script --one VARIANT *arguments`` once per variant, each in its own process (so that its peak
+    memory is its own), and returns the JSON row each prints last; a failed run gives a row with its error."""
+    rows = []
+    for variant in variants:
+        done = subprocess.run([sys.executable, script, "--one", variant, *arguments], capture_output=True, text=True)
+        if done.returncode:
+            last_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no message"])[-1]
+            rows.append({"variant": variant, "error": last_line[:120]})  # e.g. killed for memory
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
 
 
 def emit(name: str, result: dict, as_json: bool) -> None:

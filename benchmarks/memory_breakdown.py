@@ -22,7 +22,6 @@ import argparse
 import ctypes
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import emit, print_table, setup_threads  # noqa: E402
+from benchmarks.common import emit, print_table, run_variant_processes, setup_threads  # noqa: E402
 from benchmarks.train_step import VARIANTS, prepare_step  # noqa: E402
 
 PHASES = ("forward", "backward", "optimizer", "idle")
@@ -110,16 +109,8 @@ def main(argv=None) -> dict:
     if args.one:
         print(json.dumps(measure_variant(args, args.one)))
         return {}
-    rows = []
-    for variant in args.variants.split(","):
-        command = [sys.executable, __file__, "--one", variant, "--model", args.model, "--batch", str(args.batch),
-                   "--image-size", *map(str, args.image_size)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            last_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no message"])[-1]
-            rows.append({"variant": variant, "error": last_line[:120]})
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = run_variant_processes(__file__, args.variants.split(","), [
+        "--model", args.model, "--batch", str(args.batch), "--image-size", *map(str, args.image_size)])
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
     for row in rows:
         if base and "error" not in row:

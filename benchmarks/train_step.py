@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     prepare_text,
     print_table,
     reset_peak_memory,
+    run_variant_processes,
     setup_threads,
     timed,
     train_batch,
@@ -197,18 +197,10 @@ def main(argv=None) -> dict:
     if args.one:
         print(json.dumps(run_variant(args, args.one)))
         return {}
-    rows = []
-    for variant in args.variants.split(","):
-        if VARIANTS[variant][2] and not hasattr(torch, "compile"):
-            continue
-        command = [sys.executable, __file__, "--one", variant, "--model", args.model, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--image-size", *map(str, args.image_size), "--device", args.device]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            last_line = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no message"])[-1]
-            rows.append({"variant": variant, "error": last_line[:120]})  # e.g. killed for memory
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    variants = [v for v in args.variants.split(",") if not VARIANTS[v][2] or hasattr(torch, "compile")]
+    rows = run_variant_processes(__file__, variants, [
+        "--model", args.model, "--batch", str(args.batch), "--steps", str(args.steps),
+        "--image-size", *map(str, args.image_size), "--device", args.device])
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
     for row in rows:
         if base and "error" not in row:

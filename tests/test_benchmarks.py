@@ -75,7 +75,6 @@ def test_memory_breakdown_accounts_for_the_weights_and_adamw_moments():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(done.stdout.strip().splitlines()[-1])["rows"][0]
-    torch.manual_seed(0)
     parameter_mib = sum(p.numel() for p in CADA(get_model_spec("cada_tiny"), (32, 16)).parameters()) * 4 / 2**20
     # after a step the heap holds the weights and AdamW's two moments (3 x 44.6 MiB) plus the process's own
     # objects (tokenizer, tagger, interpreter: well under 400 MiB)
