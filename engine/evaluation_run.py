@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from datasets.registry import dataset_dir
@@ -14,19 +15,28 @@ from utils.checkpoint import load_checkpoint
 from utils.config import Config, EvalConfig, config_from_dict, load_config
 from utils.dist import init_distributed, is_main_process
 from utils.errors import CheckpointError
-from utils.run_log import setup_logging
+from utils.run_log import format_duration, setup_logging
 
 log = logging.getLogger(__name__)
 
 
-def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path) -> dict:
-    """Evaluates ``model`` on ``eval.split``; writes ``results.json``, per-query CSVs and (``eval.visualize``) grids."""
+def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path, checkpoint: Path,
+             wall_time: dict[str, float] | None = None) -> dict:
+    """Evaluates ``model`` on ``eval.split``; writes ``results.json``, per-query CSVs and (``eval.visualize``) grids.
+
+    ``wall_time`` (seconds by phase, from training) goes into ``results.json`` as ``wall_time_s`` together with
+    this evaluation's own seconds (pictures not included).
+    """
+    started = time.monotonic()
     dataset = builders.build_retrieval_set(config, splits[config.eval.split])
     pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"  # mode and ids checked at load
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
                        config.model.max_text_len, config.data.num_workers)
     if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
         results["oracle"] = oracle_metrics(dataset_dir(config.data.dataset, config.data.root), dataset)
+    results["wall_time_s"] = {**(wall_time or {}), "evaluation": time.monotonic() - started}
+    log.info("wall time: %s", ", ".join(f"{phase} {format_duration(seconds)}"
+                                         for phase, seconds in results["wall_time_s"].items()))
     if is_main_process():
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:

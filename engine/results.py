@@ -78,6 +78,8 @@ def write_results(results: dict, config: Config, checkpoint: str | Path, output_
         record[IMAGE_TO_TEXT] = results[IMAGE_TO_TEXT]
     if results.get(ORACLE):
         record[ORACLE] = results[ORACLE]
+    if "wall_time_s" in results:
+        record["wall_time_s"] = results["wall_time_s"]
     path = output_dir / "results.json"
     path.write_text(json.dumps(record, indent=2))
     (output_dir / "results.md").write_text(results_table(results) + "\n")

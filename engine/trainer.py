@@ -37,7 +37,7 @@ from utils.errors import ConfigError
 from utils.interrupt import ignore_interrupt_in_worker
 from utils.precision import autocast
 from utils.run_folder import claim_run_folder
-from utils.run_log import MetricWriter, environment_info, setup_logging
+from utils.run_log import MetricWriter, environment_info, format_duration, setup_logging
 from utils.schedule import local_loss_weight, local_terms_computed, lr_factor
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def train(config: Config) -> dict:
 
 
 def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGuard) -> dict:
+    job_started = time.monotonic()
     setup_logging(output_dir)
     torch.manual_seed(config.train.seed + get_rank())
     if is_main_process():
@@ -129,8 +130,13 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
         log.info("no val split: best.pth is the last epoch (set data.val_from_train to select on held-out people)")
     eval_transform = builders.build_eval_transform(config)
 
+    # wall time of the phases, for results.json; training time carries over a resume in train_state
+    setup_seconds, loop_started = time.monotonic() - job_started, time.monotonic()
+    trained_before = state.get("train_seconds", 0.0)  # checkpoints written before this key existed: 0
+
     def save(name: str) -> None:
         """last.pth holds everything to resume; best.pth only the weights, state and config (no optimizer)."""
+        state["train_seconds"] = trained_before + time.monotonic() - loop_started
         rngs = all_gather_object(rng_state())
         if is_main_process():
             content = {"model": model.state_dict(), "train_state": dict(state), "config": config_to_dict(config),
@@ -213,11 +219,14 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             state["best_epoch"] = state["epoch"]
             save("best.pth")
     writer.close()
-    log.info("training done; best epoch %d (val %s %.2f)", state["best_epoch"], config.train.select_metric,
-             state["best_metric"])
+    wall_time = {"setup": setup_seconds, "training": trained_before + time.monotonic() - loop_started}
+    log.info("training done in %s (%d steps, validation included%s); best epoch %d (val %s %.2f)",
+             format_duration(wall_time["training"]), state["step"],
+             f", {format_duration(trained_before)} of it before the resume" if trained_before else "",
+             state["best_epoch"], config.train.select_metric, state["best_metric"])
     best = load_checkpoint(output_dir / "best.pth")
     model.load_state_dict(best["model"])
-    return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth")
+    return run_test(config, model, tokenizer, splits, device, output_dir, output_dir / "best.pth", wall_time)
 
 
 def selection_value(metrics: dict, name: str) -> float:

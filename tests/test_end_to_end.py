@@ -27,6 +27,9 @@ def test_training_writes_checkpoints_logs_and_results(trained_run):
     results = json.loads((run / "results.json").read_text())
     assert results["split"] == "test" and set(results["stages"]) == {"global", "reranked"}
     assert results["chance_r1"] > 0
+    wall_time = results["wall_time_s"]  # the phases of this run, as the log reports them
+    assert set(wall_time) == {"setup", "training", "evaluation"} and all(s > 0 for s in wall_time.values())
+    assert last["train_state"]["train_seconds"] <= wall_time["training"]  # last.pth is written before the end
 
 
 @pytest.mark.slow

@@ -53,6 +53,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (interrupted / "results.json").exists()  # it really died before the end
+    # training time carries over the resume: mark the checkpoint's share so the total must include it
+    checkpoint = load_checkpoint(interrupted / "last.pth")
+    assert 0 < checkpoint["train_state"]["train_seconds"] < 600
+    checkpoint["train_state"]["train_seconds"] = 10_000.0
+    save_atomic(checkpoint, interrupted / "last.pth")
 
     resumed = subprocess.run(train_command(data, interrupted), capture_output=True, text=True, timeout=600, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -65,6 +70,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     metrics = [json.loads((run / "results.json").read_text())["stages"]
                for run in (tmp_path / "reference", interrupted)]
     assert metrics[0] == metrics[1]
+    resumed_seconds = json.loads((interrupted / "results.json").read_text())["wall_time_s"]["training"]
+    assert 10_000 < resumed_seconds < 10_600
 
 
 KILLED_WRITER = """

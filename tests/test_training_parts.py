@@ -12,6 +12,7 @@ from engine.builders import build_model, build_optimizer
 from models.cada import CADA
 from models.registry import get_model_spec
 from utils.config import load_config
+from utils.run_log import format_duration
 from utils.schedule import lr_factor
 
 
@@ -23,6 +24,14 @@ def test_per_step_warmup_then_cosine_by_hand():
     assert math.isclose(factor(7, 10, 4), 0.5)  # half-way through the 6 cosine steps
     assert math.isclose(factor(10, 10, 4, min_ratio=0.1), 0.1)
     assert factor(3, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+
+
+def test_phase_durations_read_as_the_readme_reports_them():
+    assert format_duration(8.14) == "8.1 s"
+    assert format_duration(59.94) == "59.9 s"
+    assert format_duration(59.96) == "1 min 0 s"  # not "60.0 s"
+    assert format_duration(240.2) == "4 min 0 s"
+    assert format_duration(561.0) == "9 min 21 s"
 
 
 def test_parameter_groups_weight_decay_and_new_head_lr():

@@ -27,6 +27,14 @@ def setup_logging(output_dir: str | Path | None = None) -> None:
         root.addHandler(handler)
 
 
+def format_duration(seconds: float) -> str:
+    """``"4 min 0 s"`` from 240.2, ``"8.1 s"`` under a minute: how the log reports the wall time of a phase."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
 def environment_info() -> dict:
     """What produced a run: versions, devices, world size."""
     return {"python": platform.python_version(), "torch": torch.__version__,
