@@ -131,12 +131,16 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
     eval_transform = builders.build_eval_transform(config)
 
     # wall time of the phases, for results.json; training time carries over a resume in train_state
-    setup_seconds, loop_started = time.monotonic() - job_started, time.monotonic()
+    loop_started = time.monotonic()
+    setup_seconds = loop_started - job_started
     trained_before = state.get("train_seconds", 0.0)  # checkpoints written before this key existed: 0
+
+    def training_seconds() -> float:
+        return trained_before + time.monotonic() - loop_started
 
     def save(name: str) -> None:
         """last.pth holds everything to resume; best.pth only the weights, state and config (no optimizer)."""
-        state["train_seconds"] = trained_before + time.monotonic() - loop_started
+        state["train_seconds"] = training_seconds()
         rngs = all_gather_object(rng_state())
         if is_main_process():
             content = {"model": model.state_dict(), "train_state": dict(state), "config": config_to_dict(config),
@@ -219,7 +223,7 @@ def _train(config: Config, device: torch.device, output_dir: Path, guard: StepGu
             state["best_epoch"] = state["epoch"]
             save("best.pth")
     writer.close()
-    wall_time = {"setup": setup_seconds, "training": trained_before + time.monotonic() - loop_started}
+    wall_time = {"setup": setup_seconds, "training": training_seconds()}
     log.info("training done in %s (%d steps, validation included%s); best epoch %d (val %s %.2f)",
              format_duration(wall_time["training"]), state["step"],
              f", {format_duration(trained_before)} of it before the resume" if trained_before else "",
