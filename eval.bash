@@ -7,6 +7,6 @@ if [ $# -lt 1 ]; then echo "usage: bash eval.bash CHECKPOINT [CONFIG] [section.k
 python=$(bash scripts/ensure_env.sh)
 gpus=${GPUS:-1}
 if [ "$gpus" -gt 1 ]; then
-  exec "$python" -m torch.distributed.run --nproc_per_node "$gpus" eval.py "$@"
+  exec "$python" -m torch.distributed.run --standalone --nproc_per_node "$gpus" eval.py "$@"  # a free port
 fi
 exec "$python" eval.py "$@"

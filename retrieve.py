@@ -4,11 +4,15 @@
     python retrieve.py --checkpoint CKPT --gallery DIR --queries-file queries.txt --topk 10 --out grid.png
 
 The folder is indexed once per checkpoint (``DIR/.cada_index/``); later searches encode only new or
-changed images. Prints each query's ranked images and draws them into a PNG grid.
+changed images. Prints each query's ranked images and draws them into a PNG grid; ``--explain`` also draws, per
+query, which image regions each word of it matched in its top results (Grad-CAM, engine/explain.py).
 """
 import argparse
 
-from engine.folder_search import format_results, read_queries_file, run_search
+import torch
+
+from engine.explain import Explainer, explain_search
+from engine.folder_search import format_results, load_search_model, read_queries_file, run_search
 from utils.cli import add_debug_flag, run_main
 from utils.run_log import setup_logging
 
@@ -27,10 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes")
     parser.add_argument("--index-dir", help="where the index cache goes (default: GALLERY/.cada_index)")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave unreadable images out (counted)")
+    parser.add_argument("--explain", type=int, nargs="?", const=3, default=0, metavar="N",
+                        help="also draw per-word Grad-CAM heatmaps of each query's top N results (default 3)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.topk < 1:
         parser.error("--topk must be >= 1")
+    if args.explain < 0:
+        parser.error("--explain must be >= 0")
     setup_logging()
     queries = args.query + (read_queries_file(args.queries_file) if args.queries_file else [])
     if not queries:
@@ -43,6 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"skipped {len(index.skipped)} unreadable image(s): {', '.join(index.skipped)}")
     for path in written:
         print(f"grid: {path}")
+    if args.explain:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if args.device == "auto" else args.device)
+        model, config = load_search_model(args.checkpoint, args.config, device)
+        for path in explain_search(Explainer.for_config(model, config, device), results, index,
+                                   args.out or "retrieval.png", args.explain):
+            print(f"heatmaps: {path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""Shared pieces of the benchmarks: CUHK-PEDES-like captions, batches, timing, peak memory, output.
+"""Shared pieces of the benchmarks: CUHK-PEDES-like captions, batches, timing, peak memory, results files.
 
 Peak memory on CPU is the process's resident high-water mark (Linux ``VmHWM``, reset through
 ``/proc/self/clear_refs``); on CUDA it is ``torch.cuda.max_memory_allocated``.
+
+Results: ``--save [DIR]`` merges a run into ``DIR/<device>-torch<version>.json`` (default DIR:
+``benchmarks/results``), one file per device and torch version:
+``{"device", "device_type", "torch", "benchmarks": {benchmark: {setting: run}}}``. A run of the same
+benchmark and setting replaces the earlier one; ``benchmarks/report.py`` renders the files as tables.
 """
 from __future__ import annotations
 
@@ -18,14 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import render_table  # noqa: E402
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups  # noqa: E402
 from datasets.attributes import attribute_candidates  # noqa: E402
 from datasets.synthetic import describe, sample_identity  # noqa: E402
 from datasets.tokenization import encode  # noqa: E402
+from utils.config_schema import ARALossConfig  # noqa: E402
+from utils.vocab import MAX_TEXT_LEN  # noqa: E402
 
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CUHK_MEAN_WORDS, CUHK_STD_WORDS = 23.5, 7.0  # CUHK-PEDES caption length in words
-MAX_TEXT_LEN = 73
-ARA_PROB = 0.4
+ARA_PROB = ARALossConfig().prob
 
 
 def cuhk_like_captions(count: int, seed: int = 0, mean_words: float = CUHK_MEAN_WORDS) -> list[str]:
@@ -102,21 +110,6 @@ def setup_threads() -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    """A plain-text table of ``rows`` (dicts) on stdout; floats with 3 significant digits."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
-        return "" if value is None else str(value)
-    table = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    print(f"\n{title}")
-    for n, line in enumerate(table):
-        print("  ".join(text.rjust(width) for text, width in zip(line, widths)))
-        if n == 0:
-            print("  ".join("-" * width for width in widths))
-
-
 def run_variant_processes(script: str, variants: list[str], arguments: list[str]) -> list[dict]:
     """Runs ``script --one VARIANT *arguments`` once per variant, each in its own process (so that its peak
     memory is its own), and returns the JSON row each prints last; a failed run gives a row with its error."""
@@ -131,7 +124,56 @@ def run_variant_processes(script: str, variants: list[str], arguments: list[str]
     return rows
 
 
-def emit(name: str, result: dict, as_json: bool) -> None:
-    """Prints the result as one JSON line (``--json``) after the table."""
-    if as_json:
-        print(json.dumps({"benchmark": name, **result}))
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU's model (``/proc/cpuinfo``) without trademark signs and clock."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else None
+    model = found.group(1) if found else "unknown CPU"
+    return re.sub(r"\s+", " ", re.sub(r"\((R|TM)\)|CPU @ .*", "", model)).strip()
+
+
+def slug(text: str) -> str:
+    """Lower case, every run of characters other than letters, digits and dots replaced by one '-'."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def results_path(directory: Path, device: torch.device) -> Path:
+    """``DIR/<device>-torch<version>.json``, e.g. ``cpu-amd-epyc-torch2.14.1-cu128.json``."""
+    name = device_name(device) if device.type == "cuda" else f"cpu {device_name(device)}"
+    return Path(directory) / f"{slug(name)}-torch{slug(torch.__version__)}.json"
+
+
+def save_result(directory: Path, device: torch.device, benchmark: str, setting: str, run: dict) -> Path:
+    """Merges ``run`` into the device's results file as ``benchmarks[benchmark][setting]`` (atomic write)."""
+    path = results_path(directory, device)
+    content = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+               "benchmarks": {}}
+    if path.exists():
+        content["benchmarks"] = json.loads(path.read_text())["benchmarks"]
+    content["benchmarks"].setdefault(benchmark, {})[setting] = run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+    print(f"saved {benchmark} [{setting}] to {path}")
+    return path
+
+
+def add_output_arguments(parser) -> None:
+    """``--json`` (one JSON line on stdout) and ``--save [DIR]`` (merge into the results file)."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--save", nargs="?", const=str(RESULTS_DIR), default=None, metavar="DIR",
+                        help=f"merge the result into DIR/<device>-torch<version>.json (default DIR: {RESULTS_DIR})")
+
+
+def finish(args, benchmark: str, setting: str, run: dict, device: torch.device) -> None:
+    """Prints the run as its markdown table, then as a JSON line (``--json``), and saves it (``--save``)."""
+    run = {**run, "threads": torch.get_num_threads()}
+    print(f"\n{benchmark}: {setting}\n")
+    print(render_table(benchmark, {setting: run}, device.type))
+    if args.json:
+        print(json.dumps({"benchmark": benchmark, "setting": setting, "device": device_name(device), **run}))
+    if args.save:
+        save_result(Path(args.save), device, benchmark, setting, run)

@@ -5,7 +5,7 @@ Renders a small synthetic set (JPEG files at the training image size, CUHK-PEDES
 epochs of batches through a ``DataLoader`` with pinned memory and persistent workers. The loader is
 not the bottleneck when its samples/s exceed the step's (``--step-rate``, e.g. from train_step.py).
 
-Usage: python benchmarks/data_pipeline.py [--images 96 --batch 24 --workers 0,2,4 --step-rate 2.5 --json]
+Usage: python benchmarks/data_pipeline.py [--images 96 --batch 24 --workers 0,2,4 --step-rate 2.5 --save]
 """
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ARA_PROB, MAX_TEXT_LEN, cuhk_like_captions, emit, print_table, setup_threads  # noqa: E402,E501
+from benchmarks.common import (  # noqa: E402
+    ARA_PROB,
+    add_output_arguments,
+    cuhk_like_captions,
+    finish,
+    pick_device,
+    setup_threads,
+)
 from datasets.ara_masking import pack_candidate_groups  # noqa: E402
 from datasets.attributes import attribute_candidates, build_tagger  # noqa: E402
 from datasets.person_search import TrainPairs  # noqa: E402
@@ -30,6 +37,7 @@ from datasets.sampler import TrainSampler  # noqa: E402
 from datasets.synthetic import render_person, sample_identity  # noqa: E402
 from datasets.tokenization import build_tokenizer  # noqa: E402
 from datasets.transforms import build_image_transform  # noqa: E402
+from utils.vocab import MAX_TEXT_LEN  # noqa: E402
 
 
 def build_set(folder: Path, num_images: int, image_size: tuple[int, int]) -> TrainPairs:
@@ -74,7 +82,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, nargs=2, default=(384, 128))
     parser.add_argument("--workers", default="0,2,4")
     parser.add_argument("--step-rate", type=float, default=None, help="training samples/s to compare with")
-    parser.add_argument("--json", action="store_true")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     setup_threads()
     with tempfile.TemporaryDirectory() as folder:
@@ -82,14 +90,13 @@ def main(argv=None) -> dict:
         rows = []
         for workers in map(int, args.workers.split(",")):
             rate = loader_rate(dataset, args.batch, workers, args.epochs)
-            rows.append({"workers": workers, "samples_per_s": rate,
-                         "vs_step": rate / args.step_rate if args.step_rate else None})
-    result = {"images": args.images, "batch": args.batch, "image_size": list(args.image_size),
-              "step_rate": args.step_rate, "rows": rows}
-    print_table(f"data loader, batch {args.batch}, {tuple(args.image_size)} (vs_step > 1: not the bottleneck)",
-                rows, ["workers", "samples_per_s", "vs_step"])
-    emit("data_pipeline", result, args.json)
-    return result
+            rows.append({"workers": workers, "samples_per_s": rate})
+    run = {"images": args.images, "batch": args.batch, "image_size": list(args.image_size),
+           "step_rate": args.step_rate, "rows": rows}
+    height, width = args.image_size
+    finish(args, "data_pipeline", f"batch {args.batch}, {height}x{width}, {args.images} images", run,
+           pick_device("cpu"))
+    return run
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ resident memory above the level reached once the features are built (Linux VmHWM
 - naive: the whole (Q, G) similarity matrix, a full sort and cumulative sums over the full matrix. It runs on
   the first ``--naive-queries`` queries only (every array it holds is proportional to Q x G) and is scaled
   linearly to all queries; the output says so. Its metrics on that subset are checked against the chunked
-  path's per-query results.
+  path's per-query results, and a mismatch stops the benchmark.
 
-Usage: python benchmarks/eval_memory.py [--queries 19848 --gallery 19848 --naive-queries 2000]
+Usage: python benchmarks/eval_memory.py [--queries 19848 --gallery 19848 --naive-queries 2000 --save]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import add_output_arguments, finish, setup_threads  # noqa: E402
 from engine.rerank import rerank  # noqa: E402
 from utils.metrics import DEFAULT_CHUNK_SIZE, RetrievalMetrics, iter_similarity_chunks  # noqa: E402
 
@@ -127,7 +128,7 @@ def spawn(mode: str, args) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=19848)
     parser.add_argument("--gallery", type=int, default=19848)
@@ -136,31 +137,27 @@ def main() -> None:
     parser.add_argument("--naive-queries", type=int, default=2000)
     parser.add_argument("--rerank-k", type=int, default=16)
     parser.add_argument("--worker", choices=("chunked", "rerank", "naive"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_threads()
     if args.worker:
         print(json.dumps(worker(args)))
-        return
-
-    scale = args.queries / args.naive_queries
+        return {}
     chunked, reranked, naive = (spawn(mode, args) for mode in ("chunked", "rerank", "naive"))
-    naive_full_mib, naive_full_seconds = naive["peak_extra_mib"] * scale, naive["seconds"] * scale
-    print(f"problem: {args.queries} queries x {args.gallery} images, {args.dim}-d, ~{IMAGES_PER_ID} images/id, "
-          f"{torch.get_num_threads()} threads, chunk {args.chunk_size}")
-    print(f"chunked           : peak extra {chunked['peak_extra_mib']:8.1f} MiB  time {chunked['seconds']:6.1f} s")
-    print(f"chunked + rerank  : peak extra {reranked['peak_extra_mib']:8.1f} MiB  time {reranked['seconds']:6.1f} s"
-          f"  (k={args.rerank_k}, synthetic logits)")
-    print(f"naive, measured on {args.naive_queries} queries: peak extra {naive['peak_extra_mib']:8.1f} MiB  "
-          f"time {naive['seconds']:6.1f} s")
-    print(f"naive, scaled x{scale:.2f} to {args.queries} queries (linear in Q, not run): "
-          f"peak extra {naive_full_mib:8.1f} MiB  time {naive_full_seconds:6.1f} s")
-    print(f"ratio naive/chunked: memory {naive_full_mib / chunked['peak_extra_mib']:.1f}x  "
-          f"time {naive_full_seconds / chunked['seconds']:.2f}x")
     subset = chunked["metrics"].pop("subset")
-    agree = all(abs(subset[key] - naive["metrics"][key]) < 1e-6 for key in subset)
-    print(f"metrics, all queries (chunked): {json.dumps({k: round(v, 3) for k, v in chunked['metrics'].items()})}")
-    print(f"metrics on the naive subset: chunked == naive to 1e-6: {agree}")
-    if not agree:
+    if any(abs(subset[key] - naive["metrics"][key]) >= 1e-6 for key in subset):
         raise SystemExit(f"metric mismatch on the subset: chunked {subset} vs naive {naive['metrics']}")
+    scale = args.queries / args.naive_queries  # every array the full matrix holds is proportional to Q
+    rows = [{"approach": "chunked", "peak_extra_mib": chunked["peak_extra_mib"], "seconds": chunked["seconds"]},
+            {"approach": f"chunked + re-ranking (k {args.rerank_k})", "peak_extra_mib": reranked["peak_extra_mib"],
+             "seconds": reranked["seconds"]},
+            {"approach": "full matrix", "peak_extra_mib": naive["peak_extra_mib"] * scale,
+             "seconds": naive["seconds"] * scale}]
+    run = {"queries": args.queries, "gallery": args.gallery, "dim": args.dim, "chunk_size": args.chunk_size,
+           "measured_queries": args.naive_queries, "metrics": chunked["metrics"], "rows": rows}
+    finish(args, "eval_memory", f"{args.queries:,} x {args.gallery:,}, {args.dim}-d, chunks of {args.chunk_size}",
+           run, torch.device("cpu"))
+    return run
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ image's cross-attention keys/values projected once per group (``engine.rerank.sh
 optionally under bf16 autocast. Both encode the same random gallery; seconds are split into stage 1
 (encoding + cosine top-k) and stage 2 (re-ranking). At fp32 the final rankings are compared.
 
-Usage: python benchmarks/eval_two_stage.py [--model cada_base --queries 6156 --gallery 3074 --k 16 --json]
+Usage: python benchmarks/eval_two_stage.py [--model cada_base --queries 6156 --gallery 3074 --k 16 --save]
 """
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cuhk_like_captions, emit, pick_device, print_table, setup_threads, synchronize  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_output_arguments,
+    cuhk_like_captions,
+    finish,
+    pick_device,
+    setup_threads,
+    synchronize,
+)
 from datasets.tokenization import build_tokenizer, encode  # noqa: E402
 from engine.rerank import length_order, rerank, shared_itm_scorer  # noqa: E402
 from models.cada_backbone import CADABackbone  # noqa: E402
@@ -28,7 +35,7 @@ from models.padding import trim_to_longest  # noqa: E402
 from models.registry import get_model_spec  # noqa: E402
 from utils.metrics import iter_similarity_chunks  # noqa: E402
 from utils.precision import autocast  # noqa: E402
-from utils.vocab import ENC_ID  # noqa: E402
+from utils.vocab import ENC_ID, MAX_TEXT_LEN  # noqa: E402
 
 
 @torch.no_grad()
@@ -80,32 +87,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-queries", type=int, default=32)
     parser.add_argument("--amp", default="off,bf16", help="precisions of our path, comma-separated")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", action="store_true")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     setup_threads()
     device = pick_device(args.device)
     torch.manual_seed(0)
     model = CADABackbone(get_model_spec(args.model), tuple(args.image_size)).to(device).eval()
-    ids, mask = encode(build_tokenizer(), cuhk_like_captions(args.queries, seed=3), 73)
+    ids, mask = encode(build_tokenizer(), cuhk_like_captions(args.queries, seed=3), MAX_TEXT_LEN)
     images = torch.randn(args.gallery, 3, *args.image_size, generator=torch.Generator().manual_seed(0))
 
-    rows, baseline = [], two_stage(model, images, ids, mask, args.k, device, fast=False)
-    for name, run in [("baseline fp32", baseline)] + [
-            (f"ours {amp}", two_stage(model, images, ids, mask, args.k, device, fast=True, amp=amp,
-                                      batch_queries=args.batch_queries)) for amp in args.amp.split(",")]:
-        total = run["stage1_s"] + run["rerank_s"]
-        rows.append({"path": name, "seconds": total, "stage1_s": run["stage1_s"], "rerank_s": run["rerank_s"],
-                     "rerank_share": run["rerank_s"] / total,
-                     "speedup": (baseline["stage1_s"] + baseline["rerank_s"]) / total,
-                     "rerank_speedup": baseline["rerank_s"] / run["rerank_s"],
-                     "same_top_k": bool(torch.equal(run["orders"], baseline["orders"]))})
-    result = {"model": args.model, "queries": args.queries, "gallery": args.gallery, "k": args.k,
-              "device": str(device), "rows": rows}
-    print_table(f"two-stage evaluation, {args.model}, {args.queries} queries x {args.gallery} images, k {args.k}, "
-                f"{device}", rows, ["path", "seconds", "stage1_s", "rerank_s", "rerank_share", "speedup",
-                                    "rerank_speedup", "same_top_k"])
-    emit("eval_two_stage", result, args.json)
-    return result
+    baseline = two_stage(model, images, ids, mask, args.k, device, fast=False)
+    rows = [{"variant": "baseline", "stage1_s": baseline["stage1_s"], "rerank_s": baseline["rerank_s"]}]
+    for amp in args.amp.split(","):
+        ours = two_stage(model, images, ids, mask, args.k, device, fast=True, amp=amp, batch_queries=args.batch_queries)
+        rows.append({"variant": amp, "stage1_s": ours["stage1_s"], "rerank_s": ours["rerank_s"],
+                     "same_top_k": bool(torch.equal(ours["orders"], baseline["orders"]))})
+    run = {"model": args.model, "queries": args.queries, "gallery": args.gallery, "k": args.k,
+           "image_size": list(args.image_size), "rows": rows}
+    height, width = args.image_size
+    finish(args, "eval_two_stage", f"{args.model}, {args.queries} queries x {args.gallery} images, k {args.k}, "
+                                   f"{height}x{width}", run, device)
+    return run
 
 
 if __name__ == "__main__":

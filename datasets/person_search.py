@@ -4,12 +4,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets.ara_masking import mask_attribute_tokens
-from datasets.colour_swap import swap_one_colour
 from datasets.images import load_rgb
 from datasets.records import PersonRecord
 from datasets.tokenization import encode
@@ -17,6 +18,7 @@ from datasets.tokenization import encode
 log = logging.getLogger(__name__)
 
 CAPTION_PROTOCOLS = {"all": None, "first_two": 2}  # captions used per image: all, or the first two
+ImageLoader = Callable[[Path, int], Image.Image]  # (image path, sample seed) -> the training photo
 
 
 def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
@@ -41,7 +43,7 @@ def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
 
 
 def stream_seeds(sample_seed: int, streams: int) -> list[int]:
-    """Independent seeds for a sample's random streams (augmentation, ARA masking, colour swap), from one seed.
+    """Independent seeds for a sample's random streams (augmentation, ARA masking), from one seed.
 
     Seeding two generators with the same number would tie their draws together (e.g. a word masked
     exactly when the image is flipped); drawing the seeds from a generator seeded once keeps them apart.
@@ -50,11 +52,16 @@ def stream_seeds(sample_seed: int, streams: int) -> list[int]:
     return torch.randint(2**62, (streams,), generator=generator).tolist()
 
 
+def read_photo(path: Path, sample_seed: int) -> Image.Image:
+    """The training photo of most datasets: the image file itself, the same for every sample seed."""
+    return load_rgb(path)
+
+
 class TrainPairs(Dataset):
     """One item per (image, caption), with captions tokenized and ARA candidates found once, up front.
 
     Items are requested as ``(index, sample_seed)`` (see ``datasets.sampler``); the seed drives the
-    augmentation and, independently, the ARA masking and the colour swap of that item.
+    augmentation and, independently, the ARA masking of that item.
 
     Args:
         records: training records.
@@ -65,16 +72,13 @@ class TrainPairs(Dataset):
         candidate_groups: optional function ``captions -> (N, L) long tensor`` of ARA group ids per caption
             (-1 = not a candidate); with it every item also carries ``ara_input_ids`` and ``ara_labels``.
         mask_prob: ARA masking probability of each candidate group.
-        render: optional ``(image_path, sample_seed) -> PIL image`` used instead of reading the file
-            (``datasets.synthetic.fresh.FreshRenders``).
-        colour_swap: optional ``(colour_of_token, colour_ids)`` from ``datasets.colour_swap.colour_table``;
-            with it every item also carries ``swap_input_ids`` (one colour word replaced) and
-            ``swap_valid`` (False when the caption names no colour).
+        load_image: ``(image_path, sample_seed) -> PIL image``, how the dataset makes a training photo
+            (``datasets.registry.training_image_loader``); by default the file itself.
     """
 
     def __init__(self, records: Sequence[PersonRecord], transform: Callable, tokenizer, max_len: int,
                  captions: str = "first_two", candidate_groups: Callable | None = None, mask_prob: float = 0.0,
-                 render: Callable | None = None, colour_swap: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 load_image: ImageLoader = read_photo):
         if captions not in CAPTION_PROTOCOLS:
             raise ValueError(f"captions must be one of {list(CAPTION_PROTOCOLS)}, got {captions!r}")
         keep = CAPTION_PROTOCOLS[captions]
@@ -88,17 +92,15 @@ class TrainPairs(Dataset):
         self.input_ids, self.attention_mask = encode(tokenizer, self.captions, max_len)
         self.candidate_groups = None if candidate_groups is None else candidate_groups(self.captions)
         self.mask_prob = mask_prob
-        self.render = render
-        self.colour_swap = colour_swap
+        self.load_image = load_image
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, sample_seed = item
-        image_seed, mask_seed, swap_seed = stream_seeds(sample_seed, 3)
-        path = self.image_paths[index]
-        image = load_rgb(path) if self.render is None else self.render(path, sample_seed)
+        image_seed, mask_seed = stream_seeds(sample_seed, 2)
+        image = self.load_image(self.image_paths[index], sample_seed)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed a private copy
             torch.default_generator.manual_seed(image_seed)  # CPU only: torch.manual_seed also queues a CUDA seed
             image = self.transform(image)
@@ -109,10 +111,6 @@ class TrainPairs(Dataset):
                                                    self.candidate_groups[index:index + 1], self.mask_prob,
                                                    generator=torch.Generator().manual_seed(mask_seed))
             sample["ara_input_ids"], sample["ara_labels"] = masked[0], labels[0]
-        if self.colour_swap is not None:
-            swapped, valid = swap_one_colour(self.input_ids[index], *self.colour_swap,
-                                             generator=torch.Generator().manual_seed(swap_seed))
-            sample["swap_input_ids"], sample["swap_valid"] = swapped, torch.tensor(valid)
         return sample
 
 

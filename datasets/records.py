@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets.regions import PartRegions, parse_regions
 from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,14 @@ class PersonRecord:
         person_id: the raw person id from the annotation file, as ``int``.
         captions: the cleaned captions of this image (at least one; one may be empty until validated).
         split: ``'train'``, ``'val'`` or ``'test'``.
+        regions: the optional part regions and the parts caption words name (:mod:`datasets.regions`).
     """
 
     image_path: Path
     person_id: int
     captions: tuple[str, ...]
     split: str
+    regions: PartRegions | None = None
 
 
 def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
@@ -162,8 +165,14 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
     if not isinstance(raw_split, str):
         raise DatasetFormatError(f"{where}: 'split' must be a string, got {_shown(raw_split)}")
 
+    regions = None
+    if "regions" in record:
+        try:
+            regions = parse_regions(record["regions"], captions)
+        except ValueError as error:
+            raise DatasetFormatError(f"{where}: 'regions': {error}") from None
     return PersonRecord(image_path=image_dir / relative_path, person_id=person_id,
-                        captions=captions, split=map_split(raw_split))
+                        captions=captions, split=map_split(raw_split), regions=regions)
 
 
 def parse_annotation_file(annotation_file: str | Path, image_dir: str | Path, path_key: str,

@@ -1,4 +1,4 @@
-"""Dataset registry: name → (folder under the data root, reader)."""
+"""Dataset registry: name → (folder under the data root, reader), and how each dataset's training photos are made."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,8 +6,12 @@ from pathlib import Path
 
 from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.icfg_pedes import read_icfg_pedes
+from datasets.person_search import ImageLoader, read_photo
 from datasets.records import PersonRecord
 from datasets.rstpreid import read_rstpreid
+from datasets.synthetic.fresh import FreshRenders
+from datasets.synthetic.prepare import ensure_generated
+from utils.config_schema import SyntheticConfig
 from utils.errors import ConfigError
 
 Reader = Callable[..., list[PersonRecord]]
@@ -33,13 +37,32 @@ def dataset_dir(name: str, data_root: str | Path) -> Path:
     return Path(data_root) / DATASETS[name][0]
 
 
-def load_records(name: str, data_root: str | Path, check_images: bool = True) -> list[PersonRecord]:
+def load_records(name: str, data_root: str | Path, check_images: bool = True,
+                 synthetic: SyntheticConfig | None = None) -> list[PersonRecord]:
     """Reads a registered dataset's records.
 
     Args:
         name: a key of :data:`DATASETS`.
         data_root: the folder holding one sub-folder per dataset.
         check_images: when true, every listed image must exist.
+        synthetic: the ``data.synthetic`` settings; with them the synthetic folder is generated when missing
+            and refused when it was generated with other settings (without them it is read as it is).
     """
     folder = dataset_dir(name, data_root)
+    if name == "synthetic" and synthetic is not None:
+        ensure_generated(folder, synthetic)
     return DATASETS[name][1](folder, check_images=check_images)
+
+
+def training_image_loader(name: str, data_root: str | Path, synthetic: SyntheticConfig | None = None) -> ImageLoader:
+    """How a dataset's training photos are made: the file on disk, or for the synthetic set with
+    ``fresh_renders`` the recorded person drawn anew for every (epoch, sample).
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        data_root: the folder holding one sub-folder per dataset.
+        synthetic: the ``data.synthetic`` settings.
+    """
+    if name == "synthetic" and synthetic is not None and synthetic.fresh_renders:
+        return FreshRenders(dataset_dir(name, data_root))
+    return read_photo

@@ -1,7 +1,8 @@
-"""Config → objects: data, tokenizer, model, optimizer. The only place that reads the whole config."""
+"""Config → objects: the data splits, datasets, tokenizer, model and optimizer that the jobs (training,
+evaluation, folder search) are built from; the modules below them get explicit arguments or their own
+sub-config."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -9,13 +10,9 @@ import torch
 
 from datasets.ara_masking import pack_candidate_groups
 from datasets.attributes import attribute_candidates, build_tagger
-from datasets.colour_swap import colour_table
 from datasets.person_search import RetrievalSet, TrainPairs, split_records
 from datasets.records import PersonRecord
-from datasets.registry import dataset_dir, load_records
-from datasets.synthetic import generate_dataset
-from datasets.synthetic.fresh import FreshRenders
-from datasets.synthetic.generate import METADATA_FILE
+from datasets.registry import dataset_dir, load_records, training_image_loader
 from datasets.tokenization import build_tokenizer
 from datasets.transforms import build_image_transform
 from datasets.validation import validate_splits
@@ -23,48 +20,27 @@ from models.cada import CADA
 from models.checkpoint_import import load_pretrained
 from models.registry import get_model_spec
 from utils.config import Config
-from utils.dist import barrier, is_main_process
-from utils.errors import ConfigError, DataError
+from utils.dist import main_process_result
+from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def load_splits(config: Config, needed: tuple[str, ...] | None = None) -> dict[str, list[PersonRecord]]:
-    """Reads (or, for the synthetic set, first generates) the annotation, splits it and validates it before any
-    training or evaluation: ``needed`` splits (default train and ``eval.split``) non-empty, images, captions,
-    duplicates (``datasets.validation``)."""
+    """Reads the annotation (the registry generates the synthetic set on first use), splits it and validates it
+    before any training or evaluation: ``needed`` splits (default train and ``eval.split``) non-empty, images,
+    captions, duplicates (``datasets.validation``)."""
     folder = dataset_dir(config.data.dataset, config.data.root)
-    if config.data.dataset == "synthetic":
-        if not (folder / "reid_raw.json").is_file() and is_main_process():
-            log.info("generating the synthetic dataset in %s (%d identities + %d train only)", folder,
-                     config.data.synthetic_ids, config.data.synthetic_extra_train_ids)
-            generate_dataset(folder, num_ids=config.data.synthetic_ids, seed=config.data.synthetic_seed,
-                             images_per_id=config.data.synthetic_images_per_id,
-                             extra_train_ids=config.data.synthetic_extra_train_ids)
-        barrier()  # other ranks read what rank 0 generated
-        check_synthetic_matches(folder, config)
-    records = load_records(config.data.dataset, config.data.root, check_images=False)  # validate_splits does
+    records = load_records(config.data.dataset, config.data.root, check_images=False,  # validate_splits does
+                           synthetic=config.data.synthetic)
     splits = split_records(records, config.data.val_from_train, config.data.val_seed)
-    splits = validate_splits(splits, needed or ("train", config.eval.split), tokenizer_for(config),
-                             config.model.max_text_len, str(folder), config.data.drop_bad_captions,
-                             config.data.duplicate_images, show_progress=is_main_process())
+    splits = main_process_result(lambda: validate_splits(  # image headers read once, by rank 0
+        splits, needed or ("train", config.eval.split), tokenizer_for(config), config.model.max_text_len,
+        str(folder), config.data.drop_bad_captions, config.data.duplicate_images, show_progress=True))
     for name, part in splits.items():
         log.info("%s: %d images, %d identities, %d captions", name, len(part), len({r.person_id for r in part}),
                  sum(len(r.captions) for r in part))
     return splits
-
-
-def check_synthetic_matches(folder: Path, config: Config) -> None:
-    """Refuses a synthetic folder generated with other settings than the config asks for."""
-    wanted = {"num_ids": config.data.synthetic_ids, "seed": config.data.synthetic_seed,
-              "images_per_id": config.data.synthetic_images_per_id,
-              "extra_train_ids": config.data.synthetic_extra_train_ids}
-    written = {"extra_train_ids": 0, **json.loads((folder / METADATA_FILE).read_text())}  # older folders: none
-    differing = {k: (written.get(k), v) for k, v in wanted.items() if written.get(k) != v}
-    if differing:
-        details = ", ".join(f"{k}: folder has {have}, config wants {want}" for k, (have, want) in differing.items())
-        raise DataError(f"{folder} was generated with other settings ({details}); delete the folder to "
-                         f"regenerate it, or point data.root elsewhere")
 
 
 def micro_batch_size(config: Config, world_size: int) -> int:
@@ -103,11 +79,12 @@ def build_model(config: Config, load_weights: bool = True, weights: str | Path |
     return model
 
 
-def leaves_parameters_unused(config: Config) -> bool:
-    """Whether some parameters get no gradient in a step (DDP's ``find_unused_parameters``): every module
-    is used only when all four losses are on (global: projections; itm: itm_head; atp: itm_local_head and
-    the adaptive head; itm/atp: cross-attention; ara: the decoder), and ITM/ATP are computed from the first step."""
-    return set(config.loss.enabled()) != {"global", "itm", "atp", "ara"} or config.loss.local_start_step > 0
+def leaves_parameters_unused(config: Config, local_terms_computed: bool) -> bool:
+    """Whether some parameters get no gradient in a step (DDP's ``find_unused_parameters``, which costs a graph
+    traversal per step): every module is used only when all four losses are on (global: projections; itm:
+    itm_head; atp: itm_local_head and the adaptive head; itm/atp: cross-attention; ara: the decoder) and ITM/ATP
+    are computed in this step (from ``loss.local_start_step`` on)."""
+    return set(config.loss.enabled()) != {"global", "itm", "atp", "ara"} or not local_terms_computed
 
 
 def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> TrainPairs:
@@ -120,24 +97,12 @@ def build_train_set(config: Config, records: list[PersonRecord], tokenizer) -> T
             return pack_candidate_groups([attribute_candidates(c, tokenizer, tagger, mode=config.loss.ara.mode,
                                                                max_len=config.model.max_text_len) for c in captions],
                                          config.model.max_text_len)
-    colour_swap = None
-    if config.loss.itm.colour_swap_negatives and config.loss.itm.weight > 0:
-        try:
-            colour_swap = colour_table(tokenizer)
-        except ValueError as error:
-            raise ConfigError(f"loss.itm.colour_swap_negatives with model.tokenizer "
-                              f"{config.model.tokenizer or '(bundled)'!r}: {error}") from None
-    render = None
-    if data.synthetic_fresh_renders:
-        if data.dataset != "synthetic":
-            raise ConfigError(f"data.synthetic_fresh_renders in the config: expected data.dataset synthetic, "
-                              f"got {data.dataset!r}")
-        render = FreshRenders(dataset_dir(data.dataset, data.root))
     return TrainPairs(records, build_image_transform(tuple(config.model.image_size), train=True, flip=data.flip,
                                                      pad=data.pad, erasing=data.erasing, resize=data.resize,
                                                      erasing_fill=data.erasing_fill),
                       tokenizer, config.model.max_text_len, captions=data.train_captions, candidate_groups=groups,
-                      mask_prob=config.loss.ara.prob, render=render, colour_swap=colour_swap)
+                      mask_prob=config.loss.ara.prob,
+                      load_image=training_image_loader(data.dataset, data.root, data.synthetic))
 
 
 def build_retrieval_set(config: Config, records: list[PersonRecord]) -> RetrievalSet:

@@ -5,16 +5,17 @@ import logging
 import time
 from pathlib import Path
 
-from datasets.registry import dataset_dir
-from datasets.synthetic.oracle import oracle_metrics
 from engine import builders
 from engine.evaluator import evaluate
+from engine.explain import Explainer, explain_evaluation
+from engine.pointing import add_to_results
 from engine.results import write_results
 from engine.visualize import select_queries, write_query_grids
 from utils.checkpoint import load_checkpoint
 from utils.config import Config, EvalConfig, config_from_dict, load_config
-from utils.dist import init_distributed, is_main_process
+from utils.dist import describe_device, init_distributed, is_main_process
 from utils.errors import CheckpointError
+from utils.precision import set_tf32
 from utils.run_log import format_duration, setup_logging
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
     pictures = config.eval.visualize > 0 or config.eval.visualize_mode == "ids"  # mode and ids checked at load
     results = evaluate(model, dataset, tokenizer, builders.build_eval_transform(config), config.eval, device,
                        config.model.max_text_len, config.data.num_workers)
-    if config.data.dataset == "synthetic" and is_main_process():  # the ceiling: ranking by the true attributes
-        results["oracle"] = oracle_metrics(dataset_dir(config.data.dataset, config.data.root), dataset)
     results["wall_time_s"] = {**(wall_time or {}), "evaluation": time.monotonic() - started}
     log.info("wall time: %s", ", ".join(f"{phase} {format_duration(seconds)}"
                                          for phase, seconds in results["wall_time_s"].items()))
@@ -41,7 +40,20 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:
             draw_queries(results, dataset, config.eval, output_dir / "visualize", seed=config.train.seed)
+        if config.eval.explain:
+            explain_queries(config, model, results, dataset, splits[config.eval.split], device, output_dir)
     return results
+
+
+def explain_queries(config: Config, model, results: dict, dataset, records, device, output_dir: Path) -> None:
+    """``eval.explain``: Grad-CAM panels beside the grids and, where the annotation has part regions, the pointing
+    section of ``results.json`` (engine/explain.py)."""
+    pointing = explain_evaluation(Explainer.for_config(model, config, device), results, dataset, records,
+                                  config.eval.explain, output_dir / "visualize")
+    if pointing is not None:
+        add_to_results(output_dir / "results.json", pointing)
+        log.info("pointing game over %d words: hit rate %.1f%% (uniform baseline %.1f%%)", pointing["words"],
+                 pointing["hit_rate"], pointing["baseline"])
 
 
 def draw_queries(results: dict, dataset, settings: EvalConfig, output_dir: Path, seed: int) -> list[Path]:
@@ -69,8 +81,10 @@ def resolve_config(checkpoint: str | Path, config_path: str | None, overrides: l
 def run_evaluation(checkpoint: str, config_path: str | None, overrides: list[str]) -> dict:
     config, content = resolve_config(checkpoint, config_path, overrides)
     device = init_distributed(config.train.device)
+    set_tf32(device, config.train.tf32)
     output_dir = Path(checkpoint).resolve().parent / f"eval_{Path(checkpoint).stem}_{config.eval.split}"
     setup_logging(output_dir)
+    log.info("evaluating on %s", describe_device(device))
     model = builders.build_model(config, weights=checkpoint, checkpoint=content)
     del content
     model.to(device)

@@ -7,6 +7,7 @@ ranks under torchrun; the gallery is encoded once (sharded) and gathered.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,7 +18,7 @@ from datasets.tokenization import encode
 from engine.rerank import length_order, rerank, shared_itm_scorer
 from models.padding import trim_to_longest
 from utils.config_schema import EvalConfig
-from utils.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from utils.dist import all_gather_uneven, get_rank, get_world_size, is_main_process
 from utils.metrics import RetrievalMetrics, chance_r1, iter_similarity_chunks, summarize
 from utils.precision import autocast
 from utils.vocab import ENC_ID, MAX_TEXT_LEN
@@ -36,7 +37,7 @@ def shard_bounds(total: int, world: int) -> list[int]:
 
 
 @torch.no_grad()
-def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.device, num_workers: int = 2):
+def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.device, num_workers: int):
     """Returns L2-normalised features (G, 256) and, when re-ranking, image tokens (G, 1+N, D).
 
     Under torchrun each rank encodes its shard of the gallery and the shards are gathered once.
@@ -47,25 +48,46 @@ def encode_gallery(model, paths, transform, settings: EvalConfig, device: torch.
     loader = DataLoader(GalleryImages(local_paths, transform), batch_size=settings.batch_size,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG alone (exact resume)
+    batches = tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False)
+    tokens_dtype = DTYPES[settings.image_tokens_dtype] if settings.rerank else None  # tokens only to re-rank
+    features, tokens = encode_images(model, batches, device, settings.amp, tokens_dtype, tokens_device)
+    # gathered as tensors (the tokens of a 20k-image gallery are ~12 GB in fp32: never pickled)
+    return all_gather_uneven(features).to(device), None if tokens is None else all_gather_uneven(tokens)
+
+
+@torch.no_grad()
+def encode_images(model, batches: Iterable[torch.Tensor], device: torch.device, amp: str,
+                  tokens_dtype: torch.dtype | None,
+                  tokens_device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gallery-encoding loop, shared by evaluation and the folder index (:mod:`engine.folder_index`).
+
+    Args:
+        model: a CADA model in eval mode, on ``device``.
+        batches: (b, 3, H, W) image batches.
+        device: where the model runs.
+        amp: autocast of the image encoder: ``off``, ``bf16`` or ``fp16``.
+        tokens_dtype: dtype the image tokens are kept in (for re-ranking); None keeps none.
+        tokens_device: where the image tokens are kept.
+
+    Returns:
+        ``(features, tokens)``: (G, E) fp32 L2-normalised features on the CPU and (G, 1+N, D) image tokens
+        (None when ``tokens_dtype`` is None); empty tensors when there is no batch.
+    """
     features, tokens = [], []
-    for images in tqdm(loader, desc="gallery", disable=not is_main_process(), leave=False):
-        with autocast(device, settings.amp):
+    for images in batches:
+        with autocast(device, amp):
             embeds = model.encode_image(images.to(device, non_blocking=True))  # (b, 1+N, D)
-            features.append(model.image_features(embeds).float().cpu())
-        if settings.rerank:
-            tokens.append(embeds.to(tokens_device, DTYPES[settings.image_tokens_dtype]))
-    features = torch.cat([shard for shard in all_gather_object(torch.cat(features))]).to(device)
-    if not settings.rerank:
-        return features, None
-    tokens = torch.cat(tokens)
-    if get_world_size() > 1:
-        tokens = torch.cat([shard.to(tokens_device) for shard in all_gather_object(tokens.cpu())])
-    return features, tokens
+            features.append(model.image_features(embeds).float().cpu())  # (b, E)
+        if tokens_dtype is not None:
+            tokens.append(embeds.to(tokens_device, tokens_dtype))
+    if not features:
+        return torch.empty(0), None if tokens_dtype is None else torch.empty(0)
+    return torch.cat(features), None if tokens_dtype is None else torch.cat(tokens)
 
 
 @torch.no_grad()
 def encode_queries(model, tokenizer, texts: list[str], max_text_len: int, batch_size: int, device: torch.device,
-                   amp: str = "off"):
+                   amp: str):
     """Returns L2-normalised features (Q, 256) and the token ids and masks (Q, L).
 
     Each batch is trimmed to its longest caption and its last layer computes [CLS] alone (only [CLS] is read;
@@ -102,7 +124,7 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
                                            settings.amp)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     gallery_pids = dataset.gallery_pids
-    match_logits = (itm_scorer(model, ids, mask, image_tokens, device, settings.amp, settings.rerank_logit_weight)
+    match_logits = (shared_itm_scorer(model, ids, mask, image_tokens, device, settings.amp)
                     if settings.rerank else None)
     stages = {"global": RetrievalMetrics()}
     if settings.rerank:
@@ -127,33 +149,12 @@ def evaluate(model, dataset: RetrievalSet, tokenizer, transform, settings: EvalC
     for name, metrics in stages.items():
         local = {**metrics.per_query(), "top_indices": torch.cat([i for i, _ in shown[name]]),
                  "top_scores": torch.cat([v for _, v in shown[name]])}
-        shards = all_gather_object(local)  # query shards in rank order = query order
-        per_query = {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
+        per_query = {key: all_gather_uneven(value) for key, value in local.items()}  # rank order = query order
         results[name] = summarize(per_query)
         results[name + "_per_query"] = per_query
     if settings.image_to_text:
         results["image_to_text"] = image_to_text_metrics(image_feats, text_feats, dataset, settings.chunk_size)
     return results
-
-
-def itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor, device: torch.device,
-               amp: str = "off", weight: float = 1.0):
-    """The ``match_logits(query_index (n,), gallery_index (n, k)) -> (n, k)`` callable of ``engine.rerank``.
-
-    Pairs of one call share each distinct image's cross-attention keys/values and are trimmed to their
-    longest caption (:func:`engine.rerank.shared_itm_scorer`).
-
-    Args:
-        model: the CADA model (eval mode, on ``device``).
-        ids: (Q, L) query token ids whose first token is ``[ENC]``; mask: (Q, L).
-        image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
-        amp: ``eval.amp``.
-        weight: multiplies the logits (stage 2 orders by cos + weight * logit; the reference uses 1).
-    """
-    match_logits = shared_itm_scorer(model, ids, mask, image_tokens, device, amp)
-    if weight == 1.0:
-        return match_logits
-    return lambda query_index, gallery_index: weight * match_logits(query_index, gallery_index)
 
 
 def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +165,7 @@ def top_n(ranking_keys: torch.Tensor, display_scores: torch.Tensor, n: int) -> t
 
 def image_to_text_metrics(image_feats, text_feats, dataset: RetrievalSet, chunk_size: int) -> dict:
     """Image-to-text direction (global stage): each gallery image ranks all captions; positives share the pid."""
-    all_text_feats = torch.cat([t.to(image_feats.device) for t in all_gather_object(text_feats.cpu())])
+    all_text_feats = all_gather_uneven(text_feats).to(image_feats.device)
     metrics = RetrievalMetrics()
     for start, scores in iter_similarity_chunks(image_feats, all_text_feats, chunk_size):
         metrics.update(scores, dataset.gallery_pids[start:start + scores.shape[0]], dataset.query_pids)

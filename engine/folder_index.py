@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.images import load_rgb
+from engine.evaluator import encode_images
 from utils.checkpoint import save_atomic
 from utils.errors import DataError
 
@@ -112,13 +113,12 @@ class _ImageFiles(Dataset):
             return index, None, str(error)
 
 
-@torch.no_grad()
-def encode_images(model, paths: Sequence[Path], transform: Callable, device: torch.device, batch_size: int = 32,
-                  num_workers: int = 0) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]]:
-    """Encodes readable images; collects the errors of the others.
+def encode_files(model, paths: Sequence[Path], transform: Callable, device: torch.device, batch_size: int,
+                 num_workers: int) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]]:
+    """Encodes the readable images (:func:`engine.evaluator.encode_images`); collects the errors of the others.
 
     Args:
-        model: a :class:`models.cada_backbone.CADABackbone` in eval mode.
+        model: a CADA model in eval mode.
         paths: image files.
         transform: PIL image → (3, H, W) tensor (the evaluation transform).
         device: where the model runs.
@@ -129,23 +129,20 @@ def encode_images(model, paths: Sequence[Path], transform: Callable, device: tor
         ``(encoded, features, tokens, errors)``: positions in ``paths`` that were encoded, their (n, E)
         fp16 features and (n, 1 + N, D) fp16 tokens on CPU, and one message per unreadable file.
     """
-    if not paths:
-        return [], torch.empty(0), torch.empty(0), []
-    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=list)
-    encoded, features, tokens, errors = [], [], [], []
-    for items in tqdm(loader, desc="indexing", unit="batch", leave=False):
-        errors += [message for _, image, message in items if image is None]
-        readable = [(i, image) for i, image, _ in items if image is not None]
-        if not readable:
-            continue
-        embeds = model.encode_image(torch.stack([image for _, image in readable]).to(device))  # (b, 1+N, D)
-        features.append(model.image_features(embeds).half().cpu())
-        tokens.append(embeds.half().cpu())
-        encoded += [i for i, _ in readable]
-    if not encoded:
-        return [], torch.empty(0), torch.empty(0), errors
-    return encoded, torch.cat(features), torch.cat(tokens), errors
+    encoded, errors = [], []
+
+    def readable_batches():
+        loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=list)
+        for items in tqdm(loader, desc="indexing", unit="batch", leave=False):
+            errors.extend(message for _, image, message in items if image is None)
+            readable = [(i, image) for i, image, _ in items if image is not None]
+            if readable:
+                encoded.extend(i for i, _ in readable)
+                yield torch.stack([image for _, image in readable])  # (b, 3, H, W)
+
+    features, tokens = encode_images(model, readable_batches(), device, "off", torch.float16, torch.device("cpu"))
+    return encoded, features.half(), tokens, errors
 
 
 def _load_cached(path: Path, key: str) -> dict | None:
@@ -180,8 +177,8 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
         index_dir: folder of the cache file (default ``<folder>/.cada_index``).
 
     Raises:
-        GalleryError: ``folder`` does not exist; no images; unreadable images without ``skip_bad_images`` (named; the readable ones are
-            still cached); or no readable image at all.
+        GalleryError: ``folder`` does not exist; no images; unreadable images without ``skip_bad_images``
+            (named; the readable ones are still cached); or no readable image at all.
     """
     folder = Path(folder)
     files = list_images(folder)
@@ -191,13 +188,9 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
         signatures[name] = (stat.st_size, stat.st_mtime_ns)
     cache_path = index_file(folder, key, index_dir)
     cached = _load_cached(cache_path, key)
-    reused: dict[str, int] = {}  # name → row in the cache
-    if cached is not None:
-        for row, (name, size, mtime) in enumerate(zip(cached["files"], cached["sizes"], cached["mtimes_ns"])):
-            if signatures.get(name) == (size, mtime):
-                reused[name] = row
+    reused = _unchanged_rows(cached, signatures)
     pending = [name for name in files if name not in reused]
-    positions, new_features, new_tokens, errors = encode_images(
+    positions, new_features, new_tokens, errors = encode_files(
         model, [folder / name for name in pending], transform, device, batch_size, num_workers)
 
     encoded_names = [pending[i] for i in positions]
@@ -221,16 +214,28 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
         _save(index, key, cache_path)
     log.info("%s: %d images indexed, %d encoded now, %d from the cache", folder, len(index), index.encoded,
              len(reused))
+    if errors:
+        _report_unreadable(errors, folder, skip_bad_images)
+    return index
 
-    if errors and not skip_bad_images:
+
+def _unchanged_rows(cached: dict | None, signatures: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Name → row in the cache, for the files whose (size, mtime) are those the cache recorded."""
+    if cached is None:
+        return {}
+    return {name: row for row, (name, size, mtime) in enumerate(zip(cached["files"], cached["sizes"],
+                                                                   cached["mtimes_ns"]))
+            if signatures.get(name) == (size, mtime)}
+
+
+def _report_unreadable(errors: list[str], folder: Path, skip_bad_images: bool) -> None:
+    """Raises naming the unreadable files, or (``skip_bad_images``) logs them as skipped."""
+    if not skip_bad_images:
         shown = "\n  ".join(errors[:MAX_NAMED_FILES])
         more = f"\n  ... and {len(errors) - MAX_NAMED_FILES} more" if len(errors) > MAX_NAMED_FILES else ""
         raise GalleryError(f"{len(errors)} unreadable image(s) in {folder}:\n  {shown}{more}\n"
                            "fix or remove them, or skip them with --skip-bad-images")
-    if errors:
-        log.warning("skipped %d unreadable image(s) in %s: %s", len(errors), folder,
-                    "; ".join(errors[:MAX_NAMED_FILES]))
-    return index
+    log.warning("skipped %d unreadable image(s) in %s: %s", len(errors), folder, "; ".join(errors[:MAX_NAMED_FILES]))
 
 
 def _save(index: FolderIndex, key: str, path: Path) -> None:

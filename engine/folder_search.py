@@ -18,9 +18,9 @@ from datasets.images import load_rgb
 from datasets.records import clean_caption, read_utf8
 from engine import builders
 from engine.evaluation_run import resolve_config
-from engine.evaluator import encode_queries, itm_scorer, top_n
+from engine.evaluator import encode_queries, top_n
 from engine.folder_index import FolderIndex, GalleryError, index_folder, index_key
-from engine.rerank import length_order, rerank
+from engine.rerank import length_order, rerank, shared_itm_scorer
 from engine.results import file_hash
 from engine.visualize import draw_query_row, save_pages
 from utils.errors import DataError
@@ -100,7 +100,7 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
     text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device,
                                            amp)  # (Q, E), (Q, L), (Q, L)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
-    match_logits = itm_scorer(model, ids, mask, index.image_tokens, device, amp)
+    match_logits = shared_itm_scorer(model, ids, mask, index.image_tokens, device, amp)
 
     results = []
     for start, scores in iter_similarity_chunks(text_feats, index.features.to(device), batch_size):  # (c, G)

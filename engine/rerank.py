@@ -121,18 +121,8 @@ def rerank(
     candidate_scores, candidate_indices = topk_candidates(scores, k)  # (c, k), cosine order
     k = candidate_indices.shape[1]
 
-    if query_order is None:
-        query_order = torch.arange(num_rows, device=scores.device)
-    elif not torch.equal(query_order.sort().values.cpu(), torch.arange(num_rows)):
-        raise ValueError(f"query_order must be a permutation of the {num_rows} rows")
-    query_order = query_order.to(scores.device)
-    candidate_logits = torch.zeros(num_rows, k, device=scores.device)  # (c, k)
-    for start in range(0, num_rows, batch_queries):
-        rows = query_order[start:start + batch_queries]  # (n,)
-        logits = match_logits(rows + query_offset, candidate_indices[rows])
-        if tuple(logits.shape) != (rows.numel(), k):
-            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({rows.numel()}, {k})")
-        candidate_logits[rows] = logits.to(device=scores.device, dtype=torch.float32)
+    candidate_logits = candidate_match_logits(match_logits, candidate_indices, query_offset, batch_queries,
+                                              query_order)  # (c, k)
 
     # Order candidates by the exact combined score; pre-sorting by gallery index makes ties go to the lower one.
     by_gallery = candidate_indices.argsort(dim=1)  # (c, k) — indices within a row are distinct
@@ -149,6 +139,27 @@ def rerank(
     steps = torch.arange(k, 0, -1, device=scores.device, dtype=torch.float32)  # (k,) k, k-1, ..., 1
     reranked.scatter_(1, reranked_indices, best_remaining + steps)
     return RerankResult(reranked, candidate_indices, candidate_logits)
+
+
+def candidate_match_logits(match_logits: MatchLogits, candidate_indices: torch.Tensor, query_offset: int,
+                           batch_queries: int, query_order: torch.Tensor | None) -> torch.Tensor:
+    """(c, k) fp32 ITM logits of each row's candidates (c, k), from one ``match_logits`` call per group of at
+    most ``batch_queries`` rows taken in ``query_order`` (see :func:`rerank`)."""
+    num_rows, k = candidate_indices.shape
+    device = candidate_indices.device
+    if query_order is None:
+        query_order = torch.arange(num_rows, device=device)
+    elif not torch.equal(query_order.sort().values.cpu(), torch.arange(num_rows)):
+        raise ValueError(f"query_order must be a permutation of the {num_rows} rows")
+    query_order = query_order.to(device)
+    candidate_logits = torch.zeros(num_rows, k, device=device)  # (c, k)
+    for start in range(0, num_rows, batch_queries):
+        rows = query_order[start:start + batch_queries]  # (n,)
+        logits = match_logits(rows + query_offset, candidate_indices[rows])
+        if tuple(logits.shape) != (rows.numel(), k):
+            raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({rows.numel()}, {k})")
+        candidate_logits[rows] = logits.to(device=device, dtype=torch.float32)
+    return candidate_logits
 
 
 def length_order(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -169,9 +180,8 @@ def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens
         model: a CADA backbone in eval mode, on ``device``.
         ids: (Q, L) query ids whose first token is ``[ENC]``; mask: (Q, L) (any device).
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
-        amp: "off", "bf16" or "fp16": autocast of the fused pass.
+        amp: "off", "bf16" or "fp16": autocast of the fused pass (another value raises at the first call).
     """
-    autocast(device, amp)  # checks amp
     model_dtype = next(model.parameters()).dtype
 
     def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 STAGES = ("global", "reranked")
 IMAGE_TO_TEXT = "image_to_text"
-ORACLE = "oracle"  # synthetic set: ranking by the true attributes (datasets.synthetic.oracle)
 PER_QUERY_COLUMNS = ("query_index", "pid", "first_positive_rank", "average_precision", "inverse_negative_penalty",
                      "top1_pid", "top1_path", "query_text")
 
@@ -44,8 +43,6 @@ def results_table(results: dict) -> str:
     rows = {stage: results[stage] for stage in STAGES if stage in results}
     if IMAGE_TO_TEXT in results:
         rows["image-to-text (global)"] = results[IMAGE_TO_TEXT]
-    if results.get(ORACLE):
-        rows["oracle (true attributes)"] = results[ORACLE]
     table = markdown_table(rows)
     return f"{table}\n\nchance R1: {results['chance_r1']:.2f}% ({results['num_queries']} queries, " \
            f"{results['num_gallery']} gallery images)"
@@ -76,8 +73,6 @@ def write_results(results: dict, config: Config, checkpoint: str | Path, output_
     }
     if IMAGE_TO_TEXT in results:
         record[IMAGE_TO_TEXT] = results[IMAGE_TO_TEXT]
-    if results.get(ORACLE):
-        record[ORACLE] = results[ORACLE]
     if "wall_time_s" in results:
         record["wall_time_s"] = results["wall_time_s"]
     path = output_dir / "results.json"

@@ -82,5 +82,5 @@ class StepGuard:
 
     def interrupted(self, signum: int, step: int) -> RunInterrupted:
         """The exception to raise once ``last.pth`` is saved after a stop signal."""
-        return RunInterrupted(signum, f"{signal.Signals(signum).name} received; {self.output_dir / 'last.pth'} saved at step {step}. "
-                                      f"Run the same command (train.resume=auto) to continue")
+        return RunInterrupted(signum, f"{signal.Signals(signum).name} received; {self.output_dir / 'last.pth'} saved "
+                                      f"at step {step}. Run the same command (train.resume=auto) to continue")

@@ -14,7 +14,7 @@ from models.cada_backbone import CADABackbone
 from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
-from models.losses.itm import anchor_count, itm_loss, itm_similarities, select_hard_negatives
+from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
 from models.padding import longest_caption, trim_to_longest
 from models.registry import ModelSpec
 from utils.config_schema import LossConfig
@@ -57,10 +57,7 @@ class CADA(CADABackbone):
         length = longest_caption(mask) if length is None else int(length)
         image_embeds = self.encode_image(batch["image"])  # (b, 1+N, Dv)
         image_proj = self.project_image(image_embeds)  # (b, 256) unnormalised
-        # only [CLS] is projected: its last layer alone, unless dropout would then draw other random numbers
-        cls_only = not self.training or self.spec.dropout == 0
-        text_proj = self.project_text(self.encode_text(*trim_to_longest(ids, mask, length=length),
-                                                       first_token_only=cls_only))  # (b, 256)
+        text_proj = self.project_text(self.encode_text(*trim_to_longest(ids, mask, length=length)))  # (b, 256)
         labels_all = all_gather_no_grad(labels)  # (B,)
         losses = {}
         if "global" in wanted:
@@ -70,11 +67,8 @@ class CADA(CADABackbone):
                 labels_all, scale=settings.global_.scale,
                 weights=(settings.global_.forward_kl, settings.global_.reverse_kl, settings.global_.cross_entropy))
         if wanted & {"itm", "atp"}:
-            if self.fused_pass_trimmable():
-                ids, mask = trim_to_longest(ids, mask, length=length)
-            swapped = self._colour_swapped(batch, ids.shape[1])
             losses.update(self._local_losses(ids, mask, labels, labels_all, image_embeds, image_proj, text_proj,
-                                             swapped))
+                                             length))
         if "ara" in wanted:
             losses["ara"] = self._ara_loss(batch, image_embeds, length)
         return losses
@@ -85,80 +79,72 @@ class CADA(CADABackbone):
         only without ATP or with adaptive ATP (padding masked, groups from the valid tokens) is it exact."""
         return "atp" not in self.losses or self.objective.atp.mode == "adaptive"
 
-    def _colour_swapped(self, batch, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(swap_input_ids (b, length), swap_valid (b,))`` when ``loss.itm.colour_swap_negatives`` is on."""
-        if not (self.objective.itm.colour_swap_negatives and "itm" in self.losses):
-            return None
-        if "swap_input_ids" not in batch:
-            raise ValueError("loss.itm.colour_swap_negatives is on but the batch has no swap_input_ids "
-                             "(build the training set with engine.builders.build_train_set)")
-        return batch["swap_input_ids"][:, :length], batch["swap_valid"]
-
-    def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj, swapped=None):
-        """ITM and ATP share the fused passes over m positive and 2m hardest-negative pairs, where the
-        m anchors are the first ``loss.local_pairs_fraction`` of the b local pairs (all of them in the
-        reference) and the negatives come from the whole global batch. With ``swapped`` (colour-swapped
-        captions, see datasets/colour_swap.py) m more pairs, each anchor's image with its own caption
-        one colour wrong, are ITM negatives too (not ATP's: all but one of their groups do match)."""
+    def _local_losses(self, ids, mask, labels, labels_all, image_embeds, image_proj, text_proj, length: int):
+        """ITM and ATP on one fused pass over 3b pairs: the b positives (T_i, I_i), then each text with its
+        hardest negative image (T_i, I⁻_i), then each image with its hardest negative text (T⁻_i, I_i), the
+        negatives chosen from the global batch. ``length`` is the longest local caption."""
         settings = self.objective
         b = ids.shape[0]
-        m = anchor_count(b, settings.local_pairs_fraction)
         enc_ids = ids.clone()
         enc_ids[:, 0] = ENC_ID
         with torch.no_grad():
-            sim_t2i, sim_i2t = itm_similarities(image_proj[:m], text_proj[:m], all_gather_no_grad(image_proj),
-                                                all_gather_no_grad(text_proj), settings.itm.temperature)  # (m, B)
-            neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels[:m], labels_all,
+            sim_t2i, sim_i2t = itm_similarities(image_proj, text_proj, all_gather_no_grad(image_proj),
+                                                all_gather_no_grad(text_proj), settings.itm.temperature)  # (b, B)
+            neg_image, neg_text = select_hard_negatives(sim_t2i, sim_i2t, labels, labels_all,
                                                         mode=settings.itm.negatives)
-        image_embeds_all = all_gather_with_grad(image_embeds)  # (B, 1+N, Dv), gradients reach the owner
-        ids_all, mask_all = all_gather_no_grad(enc_ids), all_gather_no_grad(mask)
-        enc_ids, mask = enc_ids[:m], mask[:m]
-        # negatives: each text with its hardest image, then each image with its hardest text
-        neg_ids = torch.cat([enc_ids, ids_all[neg_text]])  # (2m, L)
-        neg_mask = torch.cat([mask, mask_all[neg_text]])
-        # the 3m pairs use at most 2m distinct images (b at world size 1): project each one's keys/values once
-        own = torch.arange(m, device=ids.device)
-        if get_world_size() == 1:
-            distinct, pair_image = image_embeds, torch.cat([own, neg_image, own])
-        else:
-            distinct = torch.cat([image_embeds[:m], image_embeds_all[neg_image]])
-            pair_image = torch.cat([own, own + m, own])
-        pair_ids, fused_mask = torch.cat([enc_ids, neg_ids]), torch.cat([mask, neg_mask])  # the 3m pairs' texts
-        pair_mask = fused_mask
-        if swapped is not None:  # then each anchor's image with its colour-swapped caption
-            swap_ids = swapped[0][:m].clone()
-            swap_ids[:, 0] = ENC_ID
-            pair_ids, pair_mask = torch.cat([pair_ids, swap_ids]), torch.cat([pair_mask, mask])
-            pair_image = torch.cat([pair_image, own])
-        fused = self.fuse(pair_ids, pair_mask, distinct, image_index=pair_image)  # (3m or 4m, L, D): pairs as listed
-        is_match = torch.cat([torch.ones(m, dtype=torch.long), torch.zeros(2 * m, dtype=torch.long)]).to(ids.device)
+        ids_all, mask_all = all_gather_no_grad(enc_ids), all_gather_no_grad(mask)  # (B, L) at the padded length
+        pair_ids = torch.cat([enc_ids, enc_ids, ids_all[neg_text]])  # (3b, L)
+        pair_mask = torch.cat([mask, mask, mask_all[neg_text]])
+        if self.fused_pass_trimmable():  # texts from other processes may be longer than the local ones
+            pair_ids, pair_mask = trim_to_longest(pair_ids, pair_mask,
+                                                  length=length if get_world_size() == 1 else None)
+        images, pair_image = self._pair_images(image_embeds, neg_image)
+        fused = self.fuse(pair_ids, pair_mask, images, image_index=pair_image)  # (3b, L', D)
+        is_match = (torch.arange(3 * b, device=ids.device) < b).long()  # (3b,) 1 for the positives
         losses = {}
         if "itm" in self.losses:
-            logits = self.itm_head(fused[:, 0]).float()  # (3m, 2), or (4m, 2) with colour swaps
-            neg_valid = None if swapped is None else torch.cat([torch.ones(2 * m, dtype=torch.bool,
-                                                                           device=ids.device), swapped[1][:m]])
-            losses["itm"] = itm_loss(logits[:m], logits[m:], neg_valid)
-        fused = fused[:3 * m]
+            logits = self.itm_head(fused[:, 0]).float()  # (3b, 2)
+            losses["itm"] = itm_loss(logits[:b], logits[b:])
         if "atp" in self.losses:
-            atp = settings.atp
-            groups, valid = atp_group_features(fused, fused_mask, mode=atp.mode, groups=atp.groups,
-                                               mask_padding=atp.mask_padding)  # (3b, G, D), (3b, G)
-            if atp.mode == "reference":
-                losses["atp"] = atp_loss_reference(self.itm_local_head(groups).float(), is_match,
-                                                   valid if atp.mask_padding else None)
-            else:
-                losses["atp"], _ = self.adaptive_atp(groups, valid, is_match, self.itm_local_head)
+            losses["atp"] = self._atp_loss(fused, pair_mask, is_match)
         return losses
+
+    @staticmethod
+    def _pair_images(image_embeds: torch.Tensor, neg_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct images of the 3b pairs (U, 1+N, Dv) and each pair's index into them (3b,).
+
+        Cross-attention projects each distinct image's keys and values once: U = b at world size 1 (every
+        negative image is a local one), else U = 2b (the local images, then the gathered negatives).
+        """
+        b = image_embeds.shape[0]
+        own = torch.arange(b, device=image_embeds.device)
+        if get_world_size() == 1:
+            return image_embeds, torch.cat([own, neg_image, own])
+        negatives = all_gather_with_grad(image_embeds)[neg_image]  # (b, 1+N, Dv), gradients reach their owner
+        return torch.cat([image_embeds, negatives]), torch.cat([own, own + b, own])
+
+    def _atp_loss(self, fused: torch.Tensor, pair_mask: torch.Tensor, is_match: torch.Tensor) -> torch.Tensor:
+        """ATP on the fused states (3b, L, D) of the ITM pairs, scored group by group (models/losses/atp.py)."""
+        atp = self.objective.atp
+        groups, valid = atp_group_features(fused, pair_mask, mode=atp.mode, groups=atp.groups,
+                                           mask_padding=atp.mask_padding)  # (3b, G, D), (3b, G)
+        if atp.mode == "reference":
+            return atp_loss_reference(self.itm_local_head(groups).float(), is_match,
+                                      valid if atp.mask_padding else None)
+        return self.adaptive_atp(groups, valid, is_match, self.itm_local_head)[0]
 
     def _ara_loss(self, batch, image_embeds, length: int):
         """Predicts masked attribute words; the vocabulary projection runs on masked positions only.
 
         The causal decoder runs on the captions trimmed to ``length``: padding comes after every real
         token and is a masked key, so no kept position depends on it (docs/method.md, padding trimming).
+        ``batch["ara_positions"]`` (2, M), the (row, column) of each masked word if found on the host, saves
+        the device a read-back (a boolean mask's count).
         """
         ara_ids, mask, labels = trim_to_longest(batch["ara_input_ids"], batch["attention_mask"], batch["ara_labels"],
                                                 length=length)  # (b, L'); labels IGNORE_INDEX where not masked
         hidden = self.decoder_hidden(ara_ids, mask, image_embeds)  # (b, L', D)
-        selected = labels != IGNORE_INDEX
-        logits = self.decoder_logits(hidden[selected])  # (M, V)
-        return ara_loss(logits.float().unsqueeze(0), labels[selected].unsqueeze(0))
+        positions = batch.get("ara_positions")
+        rows, columns = (labels != IGNORE_INDEX).nonzero(as_tuple=True) if positions is None else positions
+        logits = self.decoder_logits(hidden[rows, columns])  # (M, V)
+        return ara_loss(logits.float().unsqueeze(0), labels[rows, columns].unsqueeze(0))

@@ -32,9 +32,9 @@ class CADABackbone(nn.Module):
                  grad_checkpointing: bool = False) -> None:
         super().__init__()
         self.spec = spec
-        text_args = dict(vocab_size=spec.vocab_size, width=spec.text_width, heads=spec.text_heads, ffn=spec.text_ffn,
-                         image_width=spec.vision_width, max_positions=spec.max_positions, dropout=spec.dropout,
-                         grad_checkpointing=grad_checkpointing)
+        text_args = {"vocab_size": spec.vocab_size, "width": spec.text_width, "heads": spec.text_heads,
+                     "ffn": spec.text_ffn, "image_width": spec.vision_width, "max_positions": spec.max_positions,
+                     "dropout": spec.dropout, "grad_checkpointing": grad_checkpointing}
         self.visual_encoder = ImageEncoder(image_size, spec.vision_patch, spec.vision_width, spec.vision_depth,
                                            spec.vision_heads, grad_checkpointing=grad_checkpointing)
         self.text_encoder = MedBert(num_layers=spec.text_layers, **text_args)

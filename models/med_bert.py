@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models.lean_backward import LeanDropout, dropout_attention, gelu_linear
+from utils.vocab import PAD_ID
 
 LAYER_NORM_EPS = 1e-12
 INIT_STD = 0.02
@@ -32,10 +32,6 @@ class MultiHeadAttention(nn.Module):
         context_width: width of the keys/values' source (D for self-attention, the image width for
             cross-attention).
         dropout: dropout on attention probabilities while training.
-
-    Training on CPU with dropout, where PyTorch has no fused kernel, it calls
-    :func:`models.lean_backward.dropout_attention` (same result, keeps a bool mask instead of three float
-    (B, heads, L, S) tensors for backward) unless ``lean_cpu_dropout`` is set to False.
     """
 
     def __init__(self, width: int, heads: int, context_width: int, dropout: float) -> None:
@@ -44,10 +40,13 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
         self.dropout = dropout
-        self.lean_cpu_dropout = True
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(context_width, width)
         self.value = nn.Linear(context_width, width)
+        # Explaining only (engine/gradcam.py, eval mode): compute the attention probabilities explicitly and keep
+        # the last ones, (B, heads, L, S) in the graph, for Grad-CAM; otherwise the fused SDPA kernel runs.
+        self.keep_probabilities = False
+        self.probabilities: torch.Tensor | None = None
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -61,16 +60,20 @@ class MultiHeadAttention(nn.Module):
         With ``context_index`` (B,) long, ``context`` is (U, S, Dc) and row b attends over context
         ``context_index[b]``: keys and values are projected once per distinct context and then gathered.
         """
-        query = self._split_heads(self.query(hidden))
+        query = self._split_heads(self.query(hidden))  # (B, heads, L, D/heads)
         key = self._split_heads(self.key(context))  # (B or U, heads, S, D/heads)
         value = self._split_heads(self.value(context))
-        if self.training and self.dropout > 0 and self.lean_cpu_dropout and query.device.type == "cpu":
-            attended = dropout_attention(query, key, value, keep, self.dropout, context_index)
+        if context_index is not None:
+            key, value = key[context_index], value[context_index]  # (B, heads, S, D/heads)
+        if self.keep_probabilities:
+            scores = query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5  # (B, heads, L, S)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            self.probabilities = scores.softmax(dim=-1)
+            attended = self.probabilities @ value
         else:
-            if context_index is not None:
-                key, value = key[context_index], value[context_index]  # (B, heads, S, D/heads)
-            attended = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=keep,
+                                                      dropout_p=self.dropout if self.training else 0.0)
         return attended.transpose(1, 2).flatten(2)  # (B, L, D)
 
 
@@ -81,18 +84,10 @@ class ResidualOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.dropout = LeanDropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(residual + self.dropout(self.dense(x)))
-
-
-class FeedForwardOutput(ResidualOutput):
-    """``LayerNorm(residual + Dropout(dense(GELU(h))))`` on the first projection's pre-activations h, keeping h
-    but not GELU(h) for backward (:func:`models.lean_backward.gelu_linear`)."""
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(residual + self.dropout(gelu_linear(x, self.dense.weight, self.dense.bias)))
 
 
 class AttentionSublayer(nn.Module):
@@ -109,14 +104,14 @@ class AttentionSublayer(nn.Module):
 
 
 class Intermediate(nn.Module):
-    """First feed-forward projection; returns pre-activations (the GELU is in :class:`FeedForwardOutput`)."""
+    """First feed-forward projection and its GELU."""
 
     def __init__(self, width: int, ffn: int) -> None:
         super().__init__()
         self.dense = nn.Linear(width, ffn)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.dense(hidden)
+        return F.gelu(self.dense(hidden))
 
 
 class MedLayer(nn.Module):
@@ -127,7 +122,7 @@ class MedLayer(nn.Module):
         self.attention = AttentionSublayer(width, heads, width, dropout)
         self.crossattention = AttentionSublayer(width, heads, image_width, dropout)
         self.intermediate = Intermediate(width, ffn)
-        self.output = FeedForwardOutput(ffn, width, dropout)
+        self.output = ResidualOutput(ffn, width, dropout)
 
     def forward(self, hidden: torch.Tensor, self_keep: torch.Tensor, image_embeds: torch.Tensor | None,
                 image_keep: torch.Tensor | None, image_index: torch.Tensor | None = None,
@@ -166,14 +161,17 @@ class MedLayerStack(nn.Module):
 
 
 class TextEmbeddings(nn.Module):
-    """Word + absolute position embeddings, LayerNorm, dropout (no token-type embeddings)."""
+    """Word + absolute position embeddings, LayerNorm, dropout (no token-type embeddings).
+
+    As in BERT, ``[PAD]`` (id 0) is the word table's padding index: its lookups give its row no gradient.
+    """
 
     def __init__(self, vocab_size: int, width: int, max_positions: int, dropout: float) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, width)
+        self.word_embeddings = nn.Embedding(vocab_size, width, padding_idx=PAD_ID)
         self.position_embeddings = nn.Embedding(max_positions, width)
         self.LayerNorm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.dropout = LeanDropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         # Saved in BLIP's checkpoints, hence persistent.
         self.register_buffer("position_ids", torch.arange(max_positions).unsqueeze(0), persistent=True)
 

@@ -12,26 +12,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-
-from models.lean_backward import gelu_linear
-
-
-class LeanMlp(Mlp):
-    """timm's ViT MLP (fc1, exact GELU, fc2; no dropout, no norm), keeping fc1's output but not its GELU for
-    backward (:func:`models.lean_backward.gelu_linear`); parameters and names are timm's."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        plain = (type(self.act) is nn.GELU and self.act.approximate == "none" and isinstance(self.norm, nn.Identity)
-                 and self.drop1.p == 0 and self.drop2.p == 0)
-        if not plain:
-            raise ValueError("LeanMlp needs an exact GELU and no dropout or norm inside the MLP")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias)
 
 
 class ImageEncoder(VisionTransformer):
@@ -54,7 +36,7 @@ class ImageEncoder(VisionTransformer):
         super().__init__(
             img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth, num_heads=heads,
             mlp_ratio=4.0, qkv_bias=True, class_token=True, num_classes=0, global_pool="",
-            norm_layer=partial(nn.LayerNorm, eps=1e-6), mlp_layer=LeanMlp,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
         )
         self.set_grad_checkpointing(grad_checkpointing)
 

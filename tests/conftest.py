@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny model trained once per session on a tiny synthetic set."""
+"""Shared test fixtures: a tiny model trained once per session on a tiny synthetic set (tests/configs/tiny.yaml)."""
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,13 +7,6 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
-
-TINY_OVERRIDES = [
-    "data.synthetic_ids=40", "data.global_batch_size=16", "data.instances_per_id=2", "data.num_workers=0",
-    "train.epochs=3", "train.eval_every=1", "train.log_every=5", "optim.warmup_steps=5",
-    "eval.batch_size=32", "eval.k_test=4", "loss.local_start_step=5", "loss.local_warmup_steps=5",
-    "data.synthetic_extra_train_ids=0", "loss.ara.weight=1.0",  # tests cover all four terms (the recipe has no ARA)
-]
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +21,8 @@ def keep_logging_handlers():
 
 @dataclass
 class TrainedRun:
-    """A finished ``train.py`` run: its folder, best checkpoint, data root and the overrides used."""
+    """A finished run of the tests' config (``tests/configs/tiny.yaml``): its folder, best checkpoint, data root,
+    the overrides used and the results."""
 
     output_dir: Path
     checkpoint: Path
@@ -37,16 +31,13 @@ class TrainedRun:
     results: dict
 
 
-def tiny_overrides(root: Path, output_dir: Path) -> list[str]:
-    return [f"data.root={root}", f"train.output_dir={output_dir}", *TINY_OVERRIDES]
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> TrainedRun:
     from engine.trainer import train
+    from tests.helpers import tiny_config
     from utils.config import load_config
 
     base = tmp_path_factory.mktemp("trained")
-    overrides = tiny_overrides(base / "data", base / "run")
-    results = train(load_config("configs/synthetic.yaml", overrides))
+    path, overrides = tiny_config(base / "data", base / "run")
+    results = train(load_config(path, overrides))
     return TrainedRun(base / "run", base / "run" / "best.pth", base / "data", overrides, results)

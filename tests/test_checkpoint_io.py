@@ -197,3 +197,46 @@ def test_same_size_loads_unchanged_and_non_square_without_config_is_named(tmp_pa
     with pytest.raises(CheckpointMismatchError, match=r"best\.pth.*8 patch rows are not a square grid and the "
                                                       r"checkpoint stores no image size; pass source_grid"):
         load_pretrained(CADABackbone(TINY, (32, 32)), path, allow_missing=())
+
+
+def draws() -> tuple:
+    import random
+
+    import numpy as np
+    return random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.randn()), float(torch.rand(1))
+
+
+def test_rng_states_are_plain_tensors_that_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from utils.checkpoint import rng_state, set_rng_state
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.randn()  # leave a cached Gaussian in both generators
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    assert all(isinstance(value, torch.Tensor) for value in state.values())  # no pickled numpy or Python objects
+    expected = draws()
+    save_atomic({"rng": [state]}, tmp_path / "rng.pth")
+    set_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"][0], cpu)  # weights_only loading
+    assert draws() == expected
+
+
+def test_resume_on_another_process_count_reseeds_and_says_so(caplog):
+    from utils.checkpoint import resume_rng_states, rng_state
+    cpu = torch.device("cpu")
+    torch.manual_seed(5)
+    saved = rng_state(cpu)
+    expected = draws()
+    assert resume_rng_states([saved], cpu, seed=42, step=7)  # same process count: exact
+    assert draws() == expected and not caplog.records
+    reseeded = []
+    older_format = {**saved, "python": saved["python"].tolist()}
+    for states in ([saved, saved], [older_format]):  # two processes' states; an older format
+        assert not resume_rng_states(states, cpu, seed=42, step=7)
+        reseeded.append(draws())
+    assert reseeded[0] == reseeded[1] != expected  # fresh streams, a function of (seed, step, rank)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "random-generator states of 2 process(es), this run has 1" in messages[0]
+    assert all("re-seeded, so this resumed run is not bit-exact" in message for message in messages)

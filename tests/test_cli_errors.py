@@ -59,7 +59,8 @@ def test_debug_shows_the_traceback(tmp_path, debug):
     args = ["train.py", "configs/synthetic.yaml", "optim.learning_rate=1e-4"]
     completed = run(*args, "--debug") if debug == "flag" else run(*args, debug=True)
     assert completed.returncode == 1
-    assert "Traceback" in completed.stderr and "ConfigError: unknown config key 'optim.learning_rate'" in completed.stderr
+    assert "Traceback" in completed.stderr
+    assert "ConfigError: unknown config key 'optim.learning_rate'" in completed.stderr
 
 
 def test_the_error_goes_to_the_run_log_too(tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from models.cada import CADA
 from models.registry import get_model_spec
-from tests.test_trimming import SIZE, assert_same, losses_and_grads, training_batch
+from tests.helpers import SIZE, assert_same, losses_and_grads, training_batch
 
 compiler_missing = not (hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
                         and (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")))

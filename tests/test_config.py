@@ -64,5 +64,27 @@ def test_environment_variables_in_paths(tmp_path, monkeypatch):
 
 def test_shipped_configs_load():
     from pathlib import Path
-    for path in sorted(Path("configs").rglob("*.yaml")):
+    for path in sorted([*Path("configs").rglob("*.yaml"), *Path("tests/configs").rglob("*.yaml")]):
         load_config(path)  # raises on any unknown key or wrong type
+
+
+def test_the_synthetic_section_is_nested_and_strict(tmp_path):
+    path = write(tmp_path / "s.yaml", "data:\n  dataset: synthetic\n  synthetic: {train_ids: 30, seed: 4}\n")
+    config = load_config(path, ["data.synthetic.test_ids=9"])
+    assert (config.data.synthetic.train_ids, config.data.synthetic.test_ids, config.data.synthetic.seed) == (30, 9, 4)
+    assert config.data.synthetic.val_ids == Config().data.synthetic.val_ids  # untouched default
+    assert config_from_dict(config_to_dict(config)) == config
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.synthetic.ids'.*valid keys in "
+                                          r"'data.synthetic': train_ids, val_ids, test_ids"):
+        load_config(path, ["data.synthetic.ids=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.synthetic_ids'"):
+        load_config(path, ["data.synthetic_ids=600"])
+    with pytest.raises(ConfigError, match=r"data.synthetic.val_ids.*expected a value >= 1"):
+        load_config(path, ["data.synthetic.val_ids=0"])
+
+
+def test_the_tests_own_config_has_all_four_losses_on():
+    from tests.helpers import TINY_CONFIG
+    config = load_config(TINY_CONFIG)
+    assert set(config.loss.enabled()) == {"global", "itm", "atp", "ara"}
+    assert config.model.name == "cada_tiny" and config.data.dataset == "synthetic"

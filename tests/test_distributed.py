@@ -11,7 +11,7 @@ import models.cada
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from models.cada import CADA
 from models.registry import get_model_spec
-from utils.dist import all_gather_with_grad, get_world_size, init_distributed
+from utils.dist import all_gather_uneven, all_gather_with_grad, get_world_size, init_distributed
 
 GLOBAL_BATCH, LENGTH, SIZE = 8, 16, (64, 32)
 
@@ -46,6 +46,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     init_distributed("cpu")
+    dist.all_gather_object = refusing_tensors(dist.all_gather_object)
     picked = []
     original = models.cada.select_hard_negatives
     models.cada.select_hard_negatives = lambda *a, **k: picked.append(original(*a, **k)) or picked[-1]
@@ -56,8 +57,19 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.all_reduce(value)
         value /= 2
     evaluation = evaluate_small_set(model, out_dir)  # gallery and queries sharded over the two ranks
-    torch.save((losses, grads if rank == 0 else None, picked[0], evaluation), f"{out_dir}/rank{rank}.pt")
+    uneven = all_gather_uneven(torch.arange(2 + rank, dtype=torch.float64)[:, None].repeat(1, 3))  # 2 and 3 rows
+    torch.save((losses, grads if rank == 0 else None, picked[0], evaluation, uneven), f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def refusing_tensors(all_gather_object):
+    """``dist.all_gather_object`` that fails on tensors: their pickled storages break on the receiving rank
+    (and a gallery's image tokens would be pickled in full), so tensors must go through ``dist.all_gather``."""
+    def gather(output, obj, *args, **kwargs):
+        flat = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else [obj]
+        assert not any(isinstance(item, torch.Tensor) for item in flat), f"tensor passed to all_gather_object: {obj}"
+        return all_gather_object(output, obj, *args, **kwargs)
+    return gather
 
 
 def evaluate_small_set(model, folder) -> dict:
@@ -66,7 +78,7 @@ def evaluate_small_set(model, folder) -> dict:
     from datasets.tokenization import build_tokenizer
     from datasets.transforms import build_image_transform
     from engine.evaluator import evaluate
-    from tests.test_two_stage import make_set
+    from tests.helpers import make_set
     from utils.config import EvalConfig
 
     dataset = make_set(Path(folder))
@@ -86,17 +98,10 @@ def free_port() -> int:
 def test_two_processes_match_one_process_global_batch(tmp_path):
     single_losses, single_grads = losses_and_grads(build_model(), global_batch())
     single_eval = evaluate_small_set(build_model(), tmp_path)  # also writes the images the workers read
-    context = mp.get_context("spawn")
-    port = free_port()
-    processes = [context.Process(target=worker, args=(rank, port, str(tmp_path))) for rank in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=300)
-        assert process.exitcode == 0
+    run_two(worker, tmp_path)
     reports = {rank: torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)}
 
-    distributed_losses, distributed_grads, _, distributed_eval = reports[0]
+    distributed_losses, distributed_grads, _, distributed_eval, _ = reports[0]
     assert distributed_losses.keys() == single_losses.keys() == {"global", "itm", "atp", "ara"}
     for name, value in single_losses.items():
         torch.testing.assert_close(distributed_losses[name], value, atol=1e-5, rtol=1e-5)
@@ -110,6 +115,8 @@ def test_two_processes_match_one_process_global_batch(tmp_path):
             assert abs(distributed_eval[stage][name] - value) < 1e-4, (stage, name)
         assert torch.equal(single_eval[stage + "_per_query"]["first_positive_rank"],
                            distributed_eval[stage + "_per_query"]["first_positive_rank"])
+    expected_uneven = torch.tensor([0, 1, 0, 1, 2], dtype=torch.float64)[:, None].repeat(1, 3)
+    assert torch.equal(reports[0][4], expected_uneven) and torch.equal(reports[1][4], expected_uneven)
     negative_images, negative_texts = reports[0][2]
     assert (negative_images >= 4).all() and (negative_texts >= 4).all()
     negative_images, negative_texts = reports[1][2]
@@ -120,3 +127,149 @@ def test_helpers_are_identities_without_process_group():
     tensor = torch.randn(3, 2, requires_grad=True)
     assert get_world_size() == 1
     assert all_gather_with_grad(tensor) is tensor
+
+
+class GatheringModel(torch.nn.Module):
+    """A contrastive loss over the global batch, gathered with :func:`all_gather_with_grad`, as CADA's is."""
+
+    def __init__(self):
+        super().__init__()
+        self.image, self.text = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+
+    def forward(self, images, texts):
+        image_feats = all_gather_with_grad(torch.nn.functional.normalize(self.image(images), dim=-1))  # (B, 4)
+        text_feats = all_gather_with_grad(torch.nn.functional.normalize(self.text(texts), dim=-1))
+        logits = 10 * image_feats @ text_feats.t()  # (B, B)
+        return torch.nn.functional.cross_entropy(logits, torch.arange(logits.shape[0]))
+
+
+def compile_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    data = torch.randn(2, 8, 6, generator=torch.Generator().manual_seed(0))[:, rank * 4:(rank + 1) * 4]  # own half
+    graph_ops = []
+
+    def recording_backend(graph, example_inputs):  # what torch.compile captured, run eagerly
+        graph_ops.extend(str(node.target) for node in graph.graph.nodes)
+        return graph.forward
+
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.parallel.DistributedDataParallel(GatheringModel(), gradient_as_bucket_view=True,
+                                                        broadcast_buffers=False)
+        run = torch.compile(net, backend=recording_backend) if compiled else net
+        run(*data).backward()
+        grads.append({name: p.grad.clone() for name, p in net.module.named_parameters()})
+    torch.save((grads, graph_ops), f"{out_dir}/compile{rank}.pt")
+    dist.destroy_process_group()
+
+
+def run_two(target, folder) -> None:
+    context, port = mp.get_context("spawn"), free_port()
+    processes = [context.Process(target=target, args=(rank, port, str(folder))) for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+
+
+@pytest.mark.slow
+def test_compiled_ddp_keeps_the_gathers_out_of_the_graph_and_equals_eager(tmp_path):
+    """``train.compile`` under torchrun: the gathers (collectives in forward and backward) run outside the compiled
+    graphs, and the gradients equal the eager ones. The whole model compiled under two CPU processes takes many
+    minutes on a 2-core machine, so this checks the mechanism on a small model (benchmarks/gpu_check.sh compiles
+    the real one)."""
+    run_two(compile_worker, tmp_path)
+    for rank in range(2):
+        (eager, compiled), graph_ops = torch.load(tmp_path / f"compile{rank}.pt", weights_only=True)
+        assert graph_ops and not [op for op in graph_ops if "all_gather" in op or "all_reduce" in op], graph_ops
+        for name, grad in eager.items():
+            torch.testing.assert_close(compiled[name], grad, msg=name)
+
+
+def test_device_choice_never_falls_back_to_the_cpu_silently(monkeypatch):
+    import utils.dist
+    from utils.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(utils.dist, "nvidia_devices_present", lambda: False)
+    assert utils.dist.resolve_device("auto", 0, 1) == torch.device("cpu")
+    monkeypatch.setattr(utils.dist, "nvidia_devices_present", lambda: True)  # a driver, but CUDA unusable
+    monkeypatch.setattr(utils.dist, "cuda_unusable_reason", lambda: "the NVIDIA driver on your system is too old")
+    with pytest.raises(ConfigError, match="NVIDIA devices are present but CUDA is unusable: the NVIDIA driver .* "
+                                          "set train.device=cpu"):
+        utils.dist.resolve_device("auto", 0, 8)
+    assert utils.dist.resolve_device("cpu", 0, 8) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device=cuda but CUDA is unusable"):
+        utils.dist.resolve_device("cuda", 0, 1)
+
+
+def test_each_process_gets_its_own_gpu_and_cuda_n_is_for_one_process(monkeypatch):
+    import utils.dist
+    from utils.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert utils.dist.resolve_device("cuda", 3, 4) == torch.device("cuda", 3)
+    assert utils.dist.resolve_device("auto", 2, 4) == torch.device("cuda", 2)
+    assert utils.dist.resolve_device("cuda:1", 0, 1) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="under torchrun would put all 2 processes on one GPU"):
+        utils.dist.resolve_device("cuda:1", 0, 2)
+    with pytest.raises(ConfigError, match="needs GPU 5 but only 4"):
+        utils.dist.resolve_device("cuda:5", 0, 1)
+    with pytest.raises(ConfigError, match="expected auto, cpu, cuda or cuda:N"):
+        utils.dist.resolve_device("gpu", 0, 1)
+
+
+def test_a_single_process_makes_its_gpu_current(monkeypatch):
+    import utils.dist
+
+    current = []
+    monkeypatch.setattr(utils.dist, "resolve_device", lambda device, local_rank, world: torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed("cuda:1") == torch.device("cuda", 1) and current == [torch.device("cuda", 1)]
+
+
+def test_rank_zero_result_is_shared_and_its_error_raised():
+    from utils.dist import all_gather_uneven, describe_device, main_process_result
+    from utils.errors import DataError
+
+    assert main_process_result(lambda: {"train": [1, 2]}) == {"train": [1, 2]}
+    with pytest.raises(DataError, match="bad record"):
+        main_process_result(lambda: (_ for _ in ()).throw(DataError("bad record")))
+    rows = torch.randn(3, 2)
+    assert all_gather_uneven(rows) is rows
+    assert describe_device(torch.device("cpu")).startswith("device cpu (")
+
+
+def launch_arguments(tmp_path, script: str, *arguments: str, **env: str):
+    """What ``bash SCRIPT`` passes to python, through a stand-in venv whose python prints its arguments."""
+    import hashlib
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    (venv / "bin" / "python").write_text('#!/usr/bin/env bash\necho "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".requirements.sha256").write_text(hashlib.sha256((root / "requirements.txt").read_bytes()).hexdigest())
+    return subprocess.run(["bash", str(root / script), *arguments], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CADA_VENV": str(venv), **env})
+
+
+def test_single_machine_launches_pick_free_ports_and_multi_node_needs_its_address(tmp_path):
+    for script, arguments in (("train.bash", ["configs/synthetic.yaml", "train.epochs=1"]), ("eval.bash", ["x.pth"])):
+        done = launch_arguments(tmp_path, script, *arguments, GPUS="2")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        assert "--master_port" not in done.stdout  # a fixed port would collide with a second job
+    done = launch_arguments(tmp_path, "train.bash", GPUS="8", NNODES="2", NODE_RANK="1")
+    assert done.returncode != 0 and "NNODES>1 needs MASTER_ADDR" in done.stderr
+    done = launch_arguments(tmp_path, "train.bash", GPUS="8", NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1")
+    assert "--nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29500" in done.stdout

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models.med_bert import MedBert, MedLayer, MultiHeadAttention, TextDecoder
+from utils.vocab import PAD_ID
 
 VOCAB, WIDTH, HEADS, FFN, IMAGE_WIDTH = 50, 32, 4, 64, 48
 
@@ -123,6 +124,22 @@ def test_mlm_head_is_tied_to_the_word_embeddings_and_lists_both_keys():
     assert decoder.bert.embeddings.position_ids.tolist() == [list(range(16))]
 
 
+def test_pad_row_of_the_word_table_gets_no_gradient_from_lookups_but_the_tied_projection_trains_it():
+    """As in the authors' BERT stacks (``padding_idx=0``): padded positions are looked up, and they feed
+    the states (reference ATP averages them), but the lookup never trains the [PAD] row."""
+    ids, mask, image = _batch()
+    assert (ids == PAD_ID).any()
+    bert = _bert().train()
+    bert(ids, mask, image_embeds=image).square().sum().backward()
+    lookup_grad = bert.embeddings.word_embeddings.weight.grad  # (V, D)
+    assert torch.count_nonzero(lookup_grad[PAD_ID]) == 0
+    assert (lookup_grad[ids[ids != PAD_ID]].abs().sum(dim=1) > 0).all()
+    decoder = _decoder().train()
+    logits = decoder(ids, mask, image)  # (2, 7, V): the projection is the word table itself
+    logits[:, :, PAD_ID].sum().backward()
+    assert decoder.bert.embeddings.word_embeddings.weight.grad[PAD_ID].abs().sum() > 0
+
+
 def test_decoder_forward_backward_gives_finite_gradients_for_every_parameter():
     decoder = _decoder().train()
     ids, mask, image = _batch()
@@ -134,7 +151,7 @@ def test_decoder_forward_backward_gives_finite_gradients_for_every_parameter():
         assert param.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout: the lean dropout paths replay the same masks
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # with dropout: the recomputation replays the same masks
 def test_gradient_checkpointing_recomputes_layers_and_matches_plain_backward(monkeypatch, dropout):
     ids, mask, image = _batch()
     layer_calls = []

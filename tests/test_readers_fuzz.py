@@ -58,7 +58,7 @@ def write_hand_made(folder: Path, annotation_name: str, records: list, path_key:
 def datasets_on_disk(tmp_path_factory):
     """reader name → (reader, folder, annotation file); images are written once."""
     root = tmp_path_factory.mktemp("fuzz")
-    cuhk = generate_dataset(root / "CUHK-PEDES", num_ids=4, seed=0, images_per_id=1)
+    cuhk = generate_dataset(root / "CUHK-PEDES", 2, 1, 1, seed=0, images_per_id=1)
     return {
         "cuhk_pedes": (read_cuhk_pedes, cuhk, cuhk / "reid_raw.json"),
         "icfg_pedes": (read_icfg_pedes, write_hand_made(root / "ICFG-PEDES", "ICFG-PEDES.json", ICFG_RECORDS,

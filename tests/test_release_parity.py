@@ -4,42 +4,15 @@ inputs (see ``fixtures/README.md``). We build ``cada_base`` at 224x224 from the 
 same weights into a ``{'model': state_dict}`` file, load it through the CADA-checkpoint importer and
 compare every stored tensor within 1e-4.
 """
-import json
-import zlib
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.builders import build_model
 from models.losses.atp import atp_group_features
-from utils.config import load_config
+from tests.helpers import FIXTURES, build_release_model
 from utils.vocab import ENC_ID
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOLERANCE = 1e-4
-NORM_WEIGHT_SUFFIXES = ("LayerNorm.weight", "norm.weight", "norm1.weight", "norm2.weight")
-ALIASES = {"text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
-           "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias"}
-
-
-def recipe_state_dict() -> dict[str, torch.Tensor]:
-    """Every key of the release manifest, filled by the fixture README's crc32-seeded recipe."""
-    manifest = json.loads((FIXTURES / "cada_model_keys.json").read_text())
-    state = {}
-    for key, shape in manifest.items():
-        if key in ALIASES:
-            continue
-        if key.endswith("position_ids"):
-            state[key] = torch.arange(shape[-1]).expand(shape).clone()
-            continue
-        generator = torch.Generator().manual_seed(zlib.crc32(("shared:" + key).encode()))
-        value = torch.randn(shape, generator=generator) * 0.02
-        state[key] = 1 + value if key.endswith(NORM_WEIGHT_SUFFIXES) else value
-    for alias, source in ALIASES.items():
-        state[alias] = state[source]
-    return {key: state[key] for key in manifest}  # the manifest's order
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +22,7 @@ def release():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("release") / "cuhk_best.pth"
-    torch.save({"model": recipe_state_dict()}, path)
-    config = load_config("configs/cuhk_pedes.yaml", ["model.name=cada_base", "model.image_size=[224,224]"])
-    built = build_model(config, weights=path)  # through models.checkpoint_import.load_pretrained
-    path.unlink()
-    return built.eval()
+    return build_release_model(tmp_path_factory.mktemp("release")).eval()
 
 
 @pytest.fixture(scope="module")

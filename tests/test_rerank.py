@@ -134,7 +134,8 @@ def test_shared_itm_scorer_equals_pair_by_pair_full_length_scores():
     def pair_by_pair(query_index, gallery_index):  # today's slow path: one full-length pass per pair
         return torch.stack([torch.stack([model.itm_head(model.fuse(ids[q:q + 1], mask[q:q + 1],
                                                                    image_tokens[g:g + 1])[:, 0])[0, 1]
-                                         for g in row.tolist()]) for q, row in zip(query_index.tolist(), gallery_index)])
+                                         for g in row.tolist()])
+                            for q, row in zip(query_index.tolist(), gallery_index)])
 
     slow = rerank(cosines, 4, pair_by_pair)
     scorer = shared_itm_scorer(model, ids, mask, image_tokens, torch.device("cpu"))

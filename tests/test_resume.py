@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_arguments
 from utils.checkpoint import load_checkpoint, save_atomic
 
 RESUME_OVERRIDES = ["train.epochs=2", "train.save_every_steps=2", "loss.itm.negatives=multinomial",
-                    "data.synthetic_ids=30", "data.global_batch_size=8", "train.eval_every=1"]
+                    "data.synthetic.train_ids=21", "data.synthetic.val_ids=3",
+                    "data.synthetic.test_ids=6", "data.global_batch_size=8", "train.eval_every=1"]
 
 
 # One intra-op thread: torch's multi-threaded CPU kernels are not bitwise reproducible from one process to the
@@ -23,7 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def train_command(root: Path, output_dir: Path) -> list[str]:
-    return [sys.executable, "train.py", "configs/synthetic.yaml", *tiny_overrides(root, output_dir),
+    return [sys.executable, "train.py", *tiny_arguments(root, output_dir),
             *RESUME_OVERRIDES, "train.resume=auto"]
 
 

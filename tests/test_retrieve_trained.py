@@ -25,7 +25,7 @@ def search_model(tmp_path_factory) -> Path:
     train(load_config("configs/synthetic.yaml", [
         f"data.root={root / 'data'}", f"train.output_dir={root / 'run'}", "loss.itm.weight=0", "loss.atp.weight=0",
         "loss.ara.weight=0", "eval.rerank=false", "train.epochs=7", "train.eval_every=7",
-        "data.synthetic_extra_train_ids=0"]))
+        "data.synthetic.train_ids=420"]))
     return root
 
 

@@ -1,5 +1,7 @@
-"""The synthetic dataset: determinism, the CUHK-PEDES format read back by the real reader, identity-disjoint
-splits, captions that agree with the drawn attributes, consistent bag sides, and atomic writes."""
+"""The synthetic dataset: determinism (and the bytes of the data every recipe was measured on), the CUHK-PEDES
+format read back by the real reader, identity-disjoint splits, captions that agree with the drawn attributes,
+consistent bag sides, atomic writes, and the folder generated on first use and checked against the config."""
+import hashlib
 import json
 import re
 
@@ -18,12 +20,16 @@ from datasets.synthetic import (
     generate_dataset,
     render_person,
     sample_identity,
-    split_sizes,
+    split_layout,
 )
 from datasets.synthetic import generate as generate_module
 from datasets.synthetic.identity import sample_identities
+from datasets.synthetic.render import render_person_with_regions
+from utils.config import SyntheticConfig
+from utils.errors import DataError
 
-NUM_IDS, IMAGES_PER_ID = 12, 3
+SPLIT_IDS, IMAGES_PER_ID = (9, 1, 2), 3  # train, val, test identities
+NUM_IDS = sum(SPLIT_IDS)
 COLOUR_WORDS = set(COLOURS) | set(HAIR_COLOURS)
 # Head nouns of each attribute kind, written independently of the generator's vocabulary tables.
 KIND_NOUNS = {
@@ -41,7 +47,7 @@ MALE_WORDS, FEMALE_WORDS = {"he", "his", "man", "guy", "gentleman", "male"}, {"s
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    return generate_dataset(root / "synthetic-pedes", NUM_IDS, seed=3, images_per_id=IMAGES_PER_ID)
+    return generate_dataset(root / "synthetic-pedes", *SPLIT_IDS, seed=3, images_per_id=IMAGES_PER_ID)
 
 
 def words(caption: str) -> list[str]:
@@ -49,8 +55,8 @@ def words(caption: str) -> list[str]:
 
 
 def test_same_seed_same_bytes_other_seed_different(dataset, tmp_path):
-    again = generate_dataset(tmp_path / "again", NUM_IDS, seed=3, images_per_id=IMAGES_PER_ID)
-    other = generate_dataset(tmp_path / "other", NUM_IDS, seed=4, images_per_id=IMAGES_PER_ID)
+    again = generate_dataset(tmp_path / "again", *SPLIT_IDS, seed=3, images_per_id=IMAGES_PER_ID)
+    other = generate_dataset(tmp_path / "other", *SPLIT_IDS, seed=4, images_per_id=IMAGES_PER_ID)
     assert (again / "reid_raw.json").read_bytes() == (dataset / "reid_raw.json").read_bytes()
     images = sorted(p.relative_to(dataset) for p in (dataset / "imgs").rglob("*.jpg"))
     assert len(images) == NUM_IDS * IMAGES_PER_ID
@@ -60,14 +66,29 @@ def test_same_seed_same_bytes_other_seed_different(dataset, tmp_path):
                for p in images) == 0
 
 
-def test_split_sizes_by_hand():
-    assert split_sizes(10, (0.7, 0.1, 0.2)) == (7, 1, 2)
-    assert split_sizes(3, (0.7, 0.1, 0.2)) == (1, 1, 1)
-    assert split_sizes(500, (0.7, 0.1, 0.2)) == (350, 50, 100)
-    assert split_sizes(4, (1.0, 0.0, 0.0)) == (4, 0, 0)
-    for bad in [(2, (0.7, 0.1, 0.2)), (10, (0.5, 0.1, 0.2)), (10, (1.1, -0.1, 0.0))]:
-        with pytest.raises(ValueError):
-            split_sizes(*bad)
+def test_split_layout_by_hand():
+    assert split_layout(9, 1, 2) == ["train"] * 7 + ["val"] + ["test"] * 2 + ["train"] * 2  # 7 = 7/3 x (1 + 2)
+    assert split_layout(2, 1, 1) == ["train", "train", "val", "test"]  # fewer than 7/3 x 2: all of train first
+    assert split_layout(3, 0, 0) == ["train"] * 3
+    demo = split_layout(1600, 60, 120)
+    assert len(demo) == 1780 and demo.count("train") == 1600
+    assert demo[:420] == ["train"] * 420 and demo[420:480] == ["val"] * 60 and demo[480:600] == ["test"] * 120
+    with pytest.raises(ValueError, match="val_ids must be >= 0"):
+        split_layout(3, -1, 1)
+
+
+def test_the_demo_data_keep_their_bytes(tmp_path):
+    """The layout the recipes were measured on: recorded from the generator that split 10 identities 70/10/20
+    and appended 3 training identities (the demo: 600 split, 1,180 appended)."""
+    folder = generate_dataset(tmp_path / "kept", 10, 1, 2, seed=0, images_per_id=4)
+    records = json.loads((folder / "reid_raw.json").read_text())
+    assert sorted({(r["id"], r["split"]) for r in records}) == [
+        *((i, "train") for i in range(1, 8)), (8, "val"), (9, "test"), (10, "test"), (11, "train"), (12, "train"),
+        (13, "train")]
+    digest = hashlib.sha256()
+    for path in sorted((folder / "imgs").rglob("*.jpg")):
+        digest.update(path.read_bytes())
+    assert digest.hexdigest() == "973179206444e4020f325379a7375be0633a8b1b04d70581ddadd31937a9930c"
 
 
 def test_reads_back_as_cuhk_pedes_with_identity_disjoint_splits(dataset):
@@ -76,12 +97,12 @@ def test_reads_back_as_cuhk_pedes_with_identity_disjoint_splits(dataset):
     assert len(records) == NUM_IDS * IMAGES_PER_ID
     assert sorted({r.person_id for r in records}) == list(range(1, NUM_IDS + 1))
     ids = {split: {r.person_id for r in records if r.split == split} for split in ("train", "val", "test")}
-    assert [len(ids[s]) for s in ("train", "val", "test")] == list(split_sizes(NUM_IDS, (0.7, 0.1, 0.2)))
-    assert max(ids["train"]) < min(ids["val"]) and max(ids["val"]) < min(ids["test"])
+    layout = split_layout(*SPLIT_IDS)
+    assert ids == {split: {i + 1 for i, s in enumerate(layout) if s == split} for split in ("train", "val", "test")}
     assert all(len(r.captions) == 2 and r.captions[0] != r.captions[1] for r in records)
     assert Image.open(records[0].image_path).size == (64, 128)
     raw = json.loads((dataset / "reid_raw.json").read_text())
-    assert set(raw[0]) == {"split", "captions", "file_path", "processed_tokens", "id", "attributes", "mentions"}
+    assert set(raw[0]) >= {"split", "captions", "file_path", "processed_tokens", "id", "attributes", "mentions"}
     assert raw[0]["processed_tokens"][0] == words(raw[0]["captions"][0])
 
 
@@ -150,17 +171,17 @@ def test_generation_is_atomic_and_refuses_to_clobber(tmp_path, monkeypatch):
         calls.append(1)
         if len(calls) > 3:
             raise RuntimeError("interrupted")
-        return render_person(*args, **kwargs)
+        return render_person_with_regions(*args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "render_person", failing_render)
+    monkeypatch.setattr(generate_module, "render_person_with_regions", failing_render)
     with pytest.raises(RuntimeError, match="interrupted"):
-        generate_dataset(target, 5, seed=0, images_per_id=2)
+        generate_dataset(target, 3, 1, 1, seed=0, images_per_id=2)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    generate_dataset(target, 5, seed=0, images_per_id=2)
+    generate_dataset(target, 3, 1, 1, seed=0, images_per_id=2)
     with pytest.raises(FileExistsError, match="overwrite"):
-        generate_dataset(target, 5, seed=1, images_per_id=2)
-    generate_dataset(target, 5, seed=1, images_per_id=2, overwrite=True)
+        generate_dataset(target, 3, 1, 1, seed=1, images_per_id=2)
+    generate_dataset(target, 3, 1, 1, seed=1, images_per_id=2, overwrite=True)
     assert json.loads((target / "generator.json").read_text())["seed"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic-pedes"]
 
@@ -170,10 +191,10 @@ def test_generation_renders_each_image_once_at_the_requested_size(tmp_path, monk
 
     def counting_render(identity, rng, size):
         sizes.append(size)
-        return render_person(identity, rng, size)
+        return render_person_with_regions(identity, rng, size)
 
-    monkeypatch.setattr(generate_module, "render_person", counting_render)
-    folder = generate_dataset(tmp_path / "small", 25, seed=0, images_per_id=4, image_size=(96, 48))
+    monkeypatch.setattr(generate_module, "render_person_with_regions", counting_render)
+    folder = generate_dataset(tmp_path / "small", 18, 2, 5, seed=0, images_per_id=4, image_size=(96, 48))
     assert sizes == [(96, 48)] * 100  # one render per listed image, no retries or throw-away renders
     records = json.loads((folder / "reid_raw.json").read_text())
     listed = sorted(r["file_path"] for r in records)
@@ -182,10 +203,11 @@ def test_generation_renders_each_image_once_at_the_requested_size(tmp_path, monk
     assert {Image.open(folder / "imgs" / path).size for path in listed} == {(48, 96)}  # (W, H)
 
 
-def test_extra_train_identities_leave_val_and_test_byte_for_byte(dataset, tmp_path):
-    """Extra identities are drawn after the split ones and go to train only: val and test keep every record
-    and every image byte, and the extra people are new, distinct and labelled from NUM_IDS + 1."""
-    grown = generate_dataset(tmp_path / "grown", NUM_IDS, seed=3, images_per_id=IMAGES_PER_ID, extra_train_ids=5)
+def test_more_training_identities_leave_val_and_test_byte_for_byte(dataset, tmp_path):
+    """Identities beyond the leading training block are drawn last and go to train only: val and test keep every
+    record and every image byte, and the new people are distinct and labelled from NUM_IDS + 1."""
+    grown = generate_dataset(tmp_path / "grown", SPLIT_IDS[0] + 5, *SPLIT_IDS[1:], seed=3,
+                             images_per_id=IMAGES_PER_ID)
     before = json.loads((dataset / "reid_raw.json").read_text())
     after = json.loads((grown / "reid_raw.json").read_text())
     assert after[:len(before)] == before
@@ -198,4 +220,39 @@ def test_extra_train_identities_leave_val_and_test_byte_for_byte(dataset, tmp_pa
             assert (grown / "imgs" / path).read_bytes() == (dataset / "imgs" / path).read_bytes(), path
     described = {Identity(**r["attributes"]).described_key() for r in after if r["file_path"].endswith("_s00.jpg")}
     assert len(described) == NUM_IDS + 5  # mirroring keeps what a caption describes apart from the bag side
-    assert json.loads((grown / "generator.json").read_text())["extra_train_ids"] == 5
+    assert json.loads((grown / "generator.json").read_text())["train_ids"] == SPLIT_IDS[0] + 5
+
+
+def test_generated_on_first_use_then_refused_with_other_settings(tmp_path):
+    settings = SyntheticConfig(train_ids=3, val_ids=1, test_ids=1, seed=2, images_per_id=2)
+    records = load_records("synthetic", tmp_path, synthetic=settings)
+    assert [sum(r.split == s for r in records) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert load_records("synthetic", tmp_path, synthetic=settings) == records  # read again, not regenerated
+    with pytest.raises(DataError) as error:
+        load_records("synthetic", tmp_path, synthetic=SyntheticConfig(train_ids=4, val_ids=1, test_ids=1, seed=3,
+                                                                      images_per_id=2))
+    message = str(error.value)
+    assert "train_ids: folder has 3, config wants 4, seed: folder has 2, config wants 3" in message
+    assert "\n" not in message and "delete the folder" in message
+    assert load_records("synthetic", tmp_path) == records  # without settings the folder is read as it is
+
+
+def test_a_folder_not_written_by_the_generator_is_refused(tmp_path):
+    folder = generate_dataset(tmp_path / "synthetic-pedes", 2, 1, 1, seed=0, images_per_id=1)
+    (folder / "generator.json").unlink()
+    with pytest.raises(DataError, match="generator.json not found"):
+        load_records("synthetic", tmp_path, synthetic=SyntheticConfig(train_ids=2, val_ids=1, test_ids=1,
+                                                                      images_per_id=1))
+
+
+def test_a_failed_generation_is_one_data_error_on_every_rank(tmp_path, monkeypatch):
+    """Rank 0 generates while the others wait in a collective: a failure (here a full disk) must reach every rank
+    as the same error instead of leaving them waiting (utils.dist.main_process_result)."""
+    import datasets.synthetic.prepare as prepare
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare, "generate_dataset", full_disk)
+    with pytest.raises(DataError, match=r"could not write the synthetic dataset to .*No space left on device"):
+        prepare.ensure_generated(tmp_path / "synthetic-pedes", SyntheticConfig(train_ids=3, val_ids=1, test_ids=1))

@@ -14,6 +14,7 @@ from datasets.records import PersonRecord
 from datasets.tokenization import build_tokenizer, encode
 from datasets.validation import validate_splits
 from engine.builders import load_splits
+from tests.helpers import tiny_config
 from utils.config import load_config
 from utils.errors import ConfigError, DataError
 
@@ -194,8 +195,8 @@ def test_tokenizer_settings_are_restored(tmp_path, tokenizer):
 
 
 def synthetic_config(root: Path, *overrides: str):
-    return load_config("configs/synthetic.yaml", [f"data.root={root}", "data.synthetic_ids=10",
-                                                   "data.synthetic_extra_train_ids=0", *overrides])
+    return load_config(*tiny_config(root, root / "run", "data.synthetic.train_ids=7", "data.synthetic.val_ids=1",
+                                    "data.synthetic.test_ids=2", *overrides))
 
 
 def test_load_splits_validates_the_synthetic_set_cleanly(tmp_path):
@@ -215,6 +216,7 @@ def test_load_splits_applies_the_duplicate_and_caption_settings(tmp_path):
     annotation = tmp_path / "synthetic-pedes" / "reid_raw.json"
     raw = json.loads(annotation.read_text(encoding="utf-8"))
     raw[0]["captions"][1] = RUNIC
+    raw[0].pop("regions", None)  # optional; its per-word part names would no longer fit the edited caption
     leaked = dict(raw[1], split="test", id=raw[-1]["id"])  # a training image also listed in test
     annotation.write_text(json.dumps(raw + [leaked]), encoding="utf-8")
     with pytest.raises(DataError) as error:

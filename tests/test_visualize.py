@@ -23,6 +23,7 @@ from engine.visualize import (
     wrap_text,
     write_query_grids,
 )
+from tests.helpers import TINY_CONFIG
 from utils.checkpoint import save_atomic
 from utils.config import config_to_dict, load_config
 
@@ -151,14 +152,14 @@ def test_query_grids_frame_by_person_id_and_paginate(tmp_path):
 
 def test_eval_visualize_writes_grids_and_per_query_csv(tmp_path):
     torch.manual_seed(0)
-    config = load_config("configs/synthetic.yaml", ["train.device=cpu"])
+    config = load_config(TINY_CONFIG)
     checkpoint = tmp_path / "run" / "best.pth"
     save_atomic({"model": build_model(config).state_dict(), "config": config_to_dict(config)}, checkpoint)
-    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic_ids=12", "data.synthetic_extra_train_ids=0",
-                 "eval.visualize=3",
-                 "eval.visualize_mode=worst", "eval.image_to_text=true"]
+    overrides = [f"data.root={tmp_path / 'data'}", "data.synthetic.train_ids=9", "data.synthetic.val_ids=1",
+                 "data.synthetic.test_ids=2", "eval.visualize=3", "eval.visualize_mode=worst",
+                 "eval.image_to_text=true"]
     results = run_evaluation(str(checkpoint), None, overrides)
-    evaluated = load_config("configs/synthetic.yaml", ["train.device=cpu", *overrides])
+    evaluated = load_config(TINY_CONFIG, overrides)
     dataset = build_retrieval_set(evaluated, load_splits(evaluated)["test"])
     out = tmp_path / "run" / "eval_best_test"
     per_query = results["reranked_per_query"]

@@ -1,4 +1,4 @@
-"""Self-describing, atomic checkpoints and the RNG state needed for exact resume.
+"""Self-describing, atomic checkpoints and the RNG state of every process, for exact resume.
 
 Saving writes ``.NAME.tmp-PID`` next to ``NAME`` and renames it over ``NAME`` only when complete, so the
 previous checkpoint survives a crash, a kill or a full disk; :func:`remove_stale_temp_files` clears what a
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.dist import all_gather_no_grad, collective_device, get_rank, get_world_size
 from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -201,24 +202,78 @@ def _describe(path: Path, size: int) -> str:
     return f"found {size} bytes of other binary data starting {head[:8].hex(' ')}"
 
 
-def rng_state() -> dict:
-    """Python, numpy and torch (CPU and CUDA) generator states of this process."""
-    np_state = np.random.get_state()
-    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-             "numpy": torch.from_numpy(np_state[1].copy()), "numpy_pos": int(np_state[2]),
-             "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's Python, numpy and torch generator states (and its own GPU's, on CUDA) as fixed-size
+    tensors: portable (plain numbers, no pickled objects) and gatherable with ``dist.all_gather``.
+
+    Python: 624 Mersenne-Twister words + position (``python``) and the cached Gaussian (``python_gauss``, NaN
+    for none); numpy likewise (``numpy``: words, position, has-Gaussian flag); torch: the CPU generator's bytes
+    and, on CUDA, those of ``device`` only (not every visible GPU's, so a machine with other GPUs can load it).
+    """
+    _, words, gauss = random.getstate()
+    _, np_words, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": torch.tensor(words, dtype=torch.int64),
+             "python_gauss": torch.tensor([float("nan") if gauss is None else gauss], dtype=torch.float64),
+             "numpy": torch.tensor([*np_words.tolist(), np_pos, np_has_gauss], dtype=torch.int64),
+             "numpy_gauss": torch.tensor([np_gauss], dtype=torch.float64),
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy(), state["numpy_pos"], *state["numpy_gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restores what :func:`rng_state` returned (``device``: this process's device)."""
+    gauss = state["python_gauss"].item()
+    random.setstate((3, tuple(state["python"].tolist()), None if gauss != gauss else gauss))
+    *np_words, np_pos, np_has_gauss = state["numpy"].tolist()
+    np.random.set_state(("MT19937", np.array(np_words, dtype=np.uint32), np_pos, np_has_gauss,
+                         state["numpy_gauss"].item()))
+    torch.set_rng_state(state["torch"].clone())  # a view into a larger storage would be read from its start
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].clone(), device)
+
+
+def gather_rng_states(device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's :func:`rng_state`, in rank order, as CPU tensors (a collective: call it on every rank)."""
+    own = rng_state(device)
+    world = get_world_size()
+    if world == 1:
+        return [own]
+    gathered = {key: all_gather_no_grad(value[None].to(collective_device())).cpu() for key, value in own.items()}
+    return [{key: rows[rank].clone() for key, rows in gathered.items()} for rank in range(world)]  # own storage
+
+
+def resume_rng_states(saved, device: torch.device, seed: int, step: int) -> bool:
+    """Restores this rank's generators from a checkpoint's ``rng`` list, or re-seeds them when it cannot.
+
+    Exact only with the same number of processes on the same kind of device. Otherwise (another world size,
+    CPU vs CUDA, an older format) the run continues, since batches, sampler position and weights do not
+    depend on the process count, with fresh streams seeded from (``seed``, ``step``, rank), and says so.
+
+    Returns:
+        Whether the states were restored exactly.
+    """
+    current = rng_state(device)
+    world, rank = get_world_size(), get_rank()
+    if not isinstance(saved, list) or len(saved) != world:
+        why = (f"holds random-generator states of {len(saved) if isinstance(saved, list) else 'no'} process(es), "
+               f"this run has {world}")
+    elif not all(isinstance(entry, dict) and entry.keys() == current.keys()
+                 and all(isinstance(entry[k], torch.Tensor) and entry[k].shape == v.shape for k, v in current.items())
+                 for entry in saved):
+        why = f"holds random-generator states of another device type or format than this run's ({device.type})"
+    else:
+        set_rng_state(saved[rank], device)
+        return True
+    reseed = (seed * 1_000_003 + step) * 1_009 + rank
+    random.seed(reseed)
+    np.random.seed(reseed % 2**32)
+    torch.manual_seed(reseed)  # CPU and every CUDA device
+    log.warning("the checkpoint %s: the random streams (dropout, augmentation draws, multinomial negatives) are "
+                "re-seeded, so this resumed run is not bit-exact; batches, sampler position and weights carry over",
+                why)
+    return False
 
 
 def code_version() -> str:

@@ -21,8 +21,20 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from utils.config_schema import (  # noqa: F401  (re-exported: the config tree is used through this module)
-    ARALossConfig, ATPLossConfig, Config, DataConfig, EvalConfig, GlobalLossConfig, ITMLossConfig, LossConfig,
-    ModelConfig, OptimConfig, Range, TrainConfig)
+    ARALossConfig,
+    ATPLossConfig,
+    Config,
+    DataConfig,
+    EvalConfig,
+    GlobalLossConfig,
+    ITMLossConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    Range,
+    SyntheticConfig,
+    TrainConfig,
+)
 from utils.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -135,7 +147,8 @@ def _check_range(value: float, bounds: Range, key: str, source: str) -> None:
     if too_low or too_high or value != value:  # value != value: NaN
         low = "" if bounds.low is None else f"{'>' if bounds.open_low else '>='} {bounds.low:g}"
         high = "" if bounds.high is None else f"<= {bounds.high:g}"
-        raise ConfigError(f"{key} (from {source}): got {value!r}, expected a value {' and '.join(filter(None, (low, high)))}")
+        expected = " and ".join(filter(None, (low, high)))
+        raise ConfigError(f"{key} (from {source}): got {value!r}, expected a value {expected}")
 
 
 def _build(cls: type, raw: dict, origin: dict, prefix: str = "") -> Any:
@@ -221,14 +234,6 @@ def check_consistency(config: Config, origin: dict | None = None) -> Config:
     if config.data.instances_per_id and config.data.global_batch_size % config.data.instances_per_id:
         fail("data.instances_per_id", f"{config.data.instances_per_id} does not divide data.global_batch_size "
                                       f"{config.data.global_batch_size}")
-    if config.train.optimizer_in_backward:
-        for key, value, allowed in (("train.accumulate_steps", config.train.accumulate_steps, 1),
-                                    ("train.clip_grad_norm", config.train.clip_grad_norm, 0.0)):
-            if value != allowed:
-                fail(key, f"{value:g} cannot be combined with train.optimizer_in_backward (needs {allowed:g}): "
-                          "each parameter is updated as soon as its own gradient is complete")
-        if config.train.amp == "fp16":
-            fail("train.amp", "fp16 loss scaling cannot be combined with train.optimizer_in_backward: use bf16 or off")
     if config.eval.visualize_mode == "ids" and not config.eval.visualize_ids:
         fail("eval.visualize_ids", "eval.visualize_mode=ids needs a list of query indices")
     return config

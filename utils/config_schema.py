@@ -42,14 +42,22 @@ class ModelConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """The built-in synthetic set (datasets/synthetic): generated on first use, then checked against these."""
+
+    train_ids: PositiveInt = 1600  # identities per split
+    val_ids: PositiveInt = 60
+    test_ids: PositiveInt = 120
+    images_per_id: PositiveInt = 4
+    seed: int = 0  # fixes every byte of the generated folder
+    fresh_renders: bool = True  # each training photo drawn anew per (epoch, sample), captions unchanged
+
+
+@dataclass
 class DataConfig:
     dataset: Literal["cuhk_pedes", "icfg_pedes", "rstpreid", "synthetic"] = "cuhk_pedes"
     root: str = "${CADA_DATA_ROOT:-data}"  # folder holding CUHK-PEDES/, ICFG-PEDES/, RSTPReid/
-    synthetic_ids: Annotated[int, Range(2)] = 600  # identities generated when the synthetic folder is missing
-    synthetic_images_per_id: PositiveInt = 4
-    synthetic_extra_train_ids: NonNegativeInt = 0  # identities added to train only (val and test stay the same)
-    synthetic_seed: int = 0
-    synthetic_fresh_renders: bool = False  # synthetic only: draw each training photo anew per (epoch, sample)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # read only when dataset is synthetic
     val_from_train: Annotated[float, Range(0.0, 0.9)] = 0.0  # training identities carved out as val (ICFG)
     val_seed: int = 0
     # Pairs per optimisation step over all processes and micro-batches; the reference trains CUHK-PEDES
@@ -83,8 +91,6 @@ class ITMLossConfig:
     weight: NonNegativeFloat = 1.0
     negatives: Literal["argmax", "multinomial"] = "argmax"  # argmax: reference; multinomial: BLIP
     temperature: PositiveFloat = 0.07
-    # each anchor's image with its caption one colour word wrong, as an extra negative (not in the reference)
-    colour_swap_negatives: bool = False
 
 
 @dataclass
@@ -108,11 +114,9 @@ class LossConfig:
     itm: ITMLossConfig = field(default_factory=ITMLossConfig)
     atp: ATPLossConfig = field(default_factory=ATPLossConfig)
     ara: ARALossConfig = field(default_factory=ARALossConfig)
-    local_start_step: NonNegativeInt = 0  # ITM and ATP are not computed before this optimisation step
-    local_warmup_steps: NonNegativeInt = 0  # from local_start_step, ITM and ATP weights ramp linearly from 0
-    # ITM and ATP anchor on this share of each process's pairs (the first ones; the batch order is random),
-    # each with its 2 hard negatives from the whole batch: the fused pass costs that share (reference: 1)
-    local_pairs_fraction: Annotated[float, Range(0.0, 1.0, open_low=True)] = 1.0
+    # ITM and ATP (and the fused pass they share) are not computed before this optimisation step: a compute
+    # saving when the fused encoder starts from random weights (reference: 0)
+    local_start_step: NonNegativeInt = 0
 
     def weights(self) -> dict[str, float]:
         """Each loss term's weight by name; a weight of 0 switches the term off."""
@@ -146,13 +150,11 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Precision = "off"
+    tf32: bool = True  # CUDA only: fp32 matmuls and convolutions in TF32 (utils/precision.py)
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False
     accumulate_steps: PositiveInt = 1
     clip_grad_norm: NonNegativeFloat = 0.0  # 0 = off
-    # AdamW steps each parameter inside backward and frees its gradient: less peak memory, same update
-    # (engine/step_in_backward.py); one process, no accumulation, no clipping, no fp16
-    optimizer_in_backward: bool = False
     save_every_steps: NonNegativeInt = 0  # 0 = only at the end of each epoch
     resume: str = "auto"  # "" | auto | path to a checkpoint
     max_nonfinite_steps: NonNegativeInt = 0  # steps with a NaN/inf loss skipped before the run stops
@@ -170,13 +172,15 @@ class EvalConfig:
     amp: Precision = "off"
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE  # queries scored at once; bounds memory
     rerank_batch_queries: PositiveInt = 16
-    rerank_logit_weight: NonNegativeFloat = 1.0  # stage 2 orders the top k by cos + weight * ITM logit (reference: 1)
     image_tokens_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     image_tokens_device: str = "auto"  # auto | cpu | cuda | cuda:N
     image_to_text: bool = False
     visualize: NonNegativeInt = 0  # number of queries drawn as PNG grids
     visualize_mode: Literal["random", "worst", "ids"] = "random"
     visualize_ids: list[NonNegativeInt] = field(default_factory=list)
+    # queries explained: Grad-CAM panels of each caption against its best-ranked true match (engine/explain.py),
+    # and the pointing game where the annotation has part regions (the synthetic set)
+    explain: NonNegativeInt = 0
 
 
 @dataclass

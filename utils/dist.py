@@ -1,17 +1,23 @@
-"""torch.distributed in one place: init from the environment, rank helpers, gathers.
+"""torch.distributed in one place: device choice, init from the environment, rank helpers, gathers.
 
 Launched by ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set) the process group is NCCL on GPU and gloo on
 CPU; without a launcher there is no process group and every helper is the identity at world size 1.
+The gathers move tensors only (``dist.all_gather`` / ``dist.broadcast``); plain Python values (strings,
+numbers, lists) go through :func:`all_gather_object`, never tensors, which do not survive its pickling.
 """
 from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from utils.errors import ConfigError
+from utils.errors import CadaError, ConfigError
+
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+NVIDIA_DEVICE_FILE = Path("/dev/nvidia0")
 
 
 def is_distributed() -> bool:
@@ -30,31 +36,98 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device: str = "auto") -> torch.device:
-    """Joins the process group when launched by torchrun and returns this process's device.
+def launched_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 without a launcher), readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def nvidia_devices_present() -> bool:
+    """Whether this machine has an NVIDIA driver or device node, whether or not torch can use it."""
+    return NVIDIA_DRIVER_FILE.exists() or NVIDIA_DEVICE_FILE.exists()
+
+
+def cuda_unusable_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is false: a CPU-only build, or the error CUDA's initialisation gives."""
+    if torch.version.cuda is None:
+        return f"this torch {torch.__version__} is built without CUDA"
+    try:
+        torch.cuda.init()
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError or AssertionError by cause
+        return f"CUDA {torch.version.cuda} (torch {torch.__version__}) cannot start: {str(error).strip()}"
+    return f"CUDA {torch.version.cuda} (torch {torch.__version__}) sees no device (CUDA_VISIBLE_DEVICES?)"
+
+
+def resolve_device(device: str, local_rank: int, world_size: int) -> torch.device:
+    """The device named by ``train.device`` for this process.
 
     Args:
-        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` (this process's local GPU under torchrun)
-            or ``cuda:N`` (GPU N, single process).
+        device: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` (GPU ``LOCAL_RANK`` under torchrun, else GPU 0)
+            or ``cuda:N`` (GPU N, one process only).
+        local_rank: this process's index on its machine (torchrun's ``LOCAL_RANK``).
+        world_size: processes in the job.
+
+    Raises:
+        ConfigError: CUDA asked for (or NVIDIA devices present under ``auto``) but unusable, ``cuda:N`` under
+            torchrun, a GPU index beyond the visible ones.
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={device} but no CUDA device is visible (use cpu or auto)")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if ":" in device:
-        local_rank = int(device.split(":")[1])
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"train.device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device != "auto" and device != "cuda" and not device.startswith("cuda:"):
+        raise ConfigError(f"train.device={device}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        if device == "auto" and not nvidia_devices_present():
+            return torch.device("cpu")
+        found = "NVIDIA devices are present but" if device == "auto" else f"train.device={device} but"
+        raise ConfigError(f"{found} CUDA is unusable: {cuda_unusable_reason()}; fix the driver or torch build, "
+                          f"or set train.device=cpu to train on the CPU")
+    index = local_rank
+    if device.startswith("cuda:"):
+        if world_size > 1:
+            raise ConfigError(f"train.device={device} under torchrun would put all {world_size} processes on one "
+                              f"GPU; use train.device=cuda (each process takes GPU LOCAL_RANK) or CUDA_VISIBLE_DEVICES")
+        index = int(device.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={device} needs GPU {index} but only {torch.cuda.device_count()} CUDA "
+                          f"device(s) are visible")
+    return torch.device("cuda", index)
+
+
+def init_distributed(device: str = "auto") -> torch.device:
+    """Chooses this process's device (see :func:`resolve_device`), makes it current on CUDA and joins the
+    process group when launched by torchrun. Returns the device."""
+    world_size = launched_world_size()
+    chosen = resolve_device(device, int(os.environ.get("LOCAL_RANK", 0)), world_size)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
+    return chosen
+
+
+def describe_device(device: torch.device) -> str:
+    """One log line's worth: ``cuda:0 (NVIDIA H200, CUDA 12.8, driver 570.x)`` or ``cpu (N threads)``, with the
+    process count."""
+    processes = f"{get_world_size()} process(es)"
+    if device.type != "cuda":
+        return f"device cpu ({torch.get_num_threads()} threads per process, {processes})"
+    driver = "unknown"
+    if NVIDIA_DRIVER_FILE.exists():
+        words = NVIDIA_DRIVER_FILE.read_text().split()
+        driver = next((w for w in words if w.count(".") >= 1 and w.replace(".", "").isdigit()), driver)
+    return (f"device {device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, driver {driver}, "
+            f"{processes})")
 
 
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def collective_device() -> torch.device:
+    """Where collectives need their tensors: the current GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -74,6 +147,9 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad[dist.get_rank() * chunk:(dist.get_rank() + 1) * chunk]
 
 
+# The gathers stay out of torch.compile's graphs: a collective inside a compiled region (forward and backward
+# of an autograd Function) breaks under DDP; disabling them splits the graph around each call instead.
+@torch.compiler.disable
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates ``tensor`` (B, ...) from every rank along dim 0, keeping gradients (identity at world 1).
 
@@ -86,6 +162,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(tensor)
 
 
+@torch.compiler.disable
 @torch.no_grad()
 def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates ``tensor`` (B, ...) from every rank along dim 0 without gradient (identity at world 1)."""
@@ -96,8 +173,35 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+@torch.no_grad()
+def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates ``tensor`` (n_r, ...) from every rank along dim 0 when n_r differs by rank (identity at
+    world 1); the result is on ``tensor``'s device, in its dtype.
+
+    Moved as tensors (no pickling): each rank's shard, padded to the largest n_r, lands in one preallocated
+    (world x max n_r, ...) buffer on the collective's device; padding rows, if any, are dropped with one copy.
+    """
+    if get_world_size() == 1:
+        return tensor
+    device, world = collective_device(), get_world_size()
+    counts = all_gather_no_grad(torch.tensor([tensor.shape[0]], device=device)).tolist()  # (world,)
+    longest = max(counts)
+    padded = tensor.to(device)
+    if tensor.shape[0] < longest:
+        padded = torch.cat([padded, padded.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))])
+    gathered = padded.new_empty((world * longest, *tensor.shape[1:]))
+    dist.all_gather(list(gathered.chunk(world)), padded.contiguous())
+    if min(counts) < longest:
+        keep = torch.cat([torch.arange(count, device=device) + rank * longest for rank, count in enumerate(counts)])
+        gathered = gathered[keep]
+    return gathered.to(tensor.device)
+
+
 def all_gather_object(obj) -> list:
-    """Gathers a picklable object from every rank (a one-element list at world 1)."""
+    """Gathers a plain, picklable Python value from every rank (a one-element list at world 1).
+
+    Tensors do not belong here (their storages fail to unpickle on the receiving rank): use the gathers above.
+    """
     if get_world_size() == 1:
         return [obj]
     gathered = [None] * get_world_size()
@@ -105,6 +209,28 @@ def all_gather_object(obj) -> list:
     return gathered
 
 
+def broadcast_from_main(obj):
+    """Rank 0's value of a plain Python ``obj`` on every rank (``obj`` itself at world 1)."""
+    return all_gather_object(obj)[0]
+
+
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def main_process_result(compute):
+    """``compute()`` run on rank 0 only; its (plain Python) result on every rank. A :class:`CadaError` it
+    raises is raised on every rank, so no rank waits in a collective for one that failed."""
+    result, failure = None, None
+    if is_main_process():
+        try:
+            result = compute()
+        except CadaError as error:
+            failure = error
+    shared_result, shared_failure = broadcast_from_main((result, failure and (type(failure), str(failure))))
+    if failure is not None:
+        raise failure
+    if shared_failure is not None:
+        raise shared_failure[0](shared_failure[1])
+    return shared_result

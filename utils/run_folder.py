@@ -9,6 +9,8 @@ settings, and a finished run is never overwritten.
   stored results are returned; ``eval.bash`` re-evaluates), other settings need a new folder.
 - A folder holding checkpoints is continued only by ``train.resume=auto`` and only when every setting that
   changes training equals the stored one (``config.yaml``, else the config in ``last.pth``).
+- Under torchrun rank 0 decides all of this, including which checkpoint to resume from, and every other rank
+  checks that it sees rank 0's lock: on several nodes the folder must be one shared file system.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from utils.config import Config, config_to_dict
-from utils.dist import all_gather_object, is_main_process
+from utils.dist import all_gather_object, broadcast_from_main, get_rank, is_main_process
 from utils.errors import RunFolderError
 
 log = logging.getLogger(__name__)
@@ -168,38 +170,78 @@ def check_folder(config: Config, folder: Path) -> dict | None:
     return None
 
 
+def resume_checkpoint(config: Config, folder: Path) -> Path | None:
+    """The checkpoint ``train.resume`` continues from: ``folder/last.pth`` if present for ``auto``, a given
+    path, or None (a fresh start)."""
+    if not config.train.resume:
+        return None
+    if config.train.resume == "auto":
+        last = folder / "last.pth"
+        return last if last.is_file() else None
+    return Path(config.train.resume)
+
+
 @dataclass
 class RunFolder:
-    """A claimed output folder: its lock (rank 0) and, when the same run already finished, its results."""
+    """A claimed output folder: its lock (rank 0), the checkpoint to resume from (decided by rank 0) and, when
+    the same run already finished, its results."""
 
     path: Path
     lock: RunLock | None = None
     finished_results: dict | None = None
+    resume_from: Path | None = None
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
 
 
+def unshared_folder_problem(folder: Path, lock_text: str, resume_from: Path | None) -> str | None:
+    """Why this rank cannot use rank 0's ``folder`` (its lock holding ``lock_text``, the checkpoint
+    ``resume_from``), or None. Finds an output folder that is not one shared file system across nodes."""
+    lock = folder / LOCK_NAME
+    try:
+        seen = lock.read_text()
+    except OSError:
+        seen = None
+    where = f"rank {get_rank()} on {socket.gethostname()}"
+    if seen != lock_text:
+        return (f"{where} does not see the {LOCK_NAME} that rank 0 wrote in {folder}: train.output_dir must be one "
+                f"folder shared by every node (a network file system), since all ranks resume from and test the "
+                f"checkpoints rank 0 saves there")
+    if resume_from is not None and not resume_from.is_file():
+        return f"{where} cannot read {resume_from}, the checkpoint rank 0 resumes from; make it visible on every node"
+    return None
+
+
 def claim_run_folder(config: Config, folder: str | Path) -> RunFolder:
     """Locks ``folder`` for this run and checks it (rank 0), before anything is written there.
 
-    Every rank calls it; rank 0's verdict is shared, so all ranks raise the same error.
+    Every rank calls it; rank 0's verdict and choice of checkpoint to resume from are shared, and every other
+    rank checks that it sees the same folder, so all ranks raise the same error or resume the same file.
 
     Raises:
-        RunFolderError: see :class:`RunLock` and :func:`check_folder`.
+        RunFolderError: see :class:`RunLock` and :func:`check_folder`; a folder not shared by all ranks.
     """
-    claimed, error = RunFolder(Path(folder)), None
+    claimed, error, lock_text = RunFolder(Path(folder)), None, ""
     if is_main_process():
         claimed.lock = RunLock(folder)
         try:
             claimed.lock.acquire()
             claimed.finished_results = check_folder(config, claimed.path)
+            claimed.resume_from = resume_checkpoint(config, claimed.path)
+            lock_text = claimed.lock.path.read_text()
         except RunFolderError as refused:
             claimed.release()
             error = str(refused)
-    error, finished = all_gather_object((error, claimed.finished_results is not None))[0]
+    error, finished, resume_from, lock_text = broadcast_from_main(
+        (error, claimed.finished_results is not None, claimed.resume_from and str(claimed.resume_from), lock_text))
+    if error is None and not is_main_process():
+        claimed.resume_from = resume_from and Path(resume_from)
+        error = unshared_folder_problem(claimed.path, lock_text, claimed.resume_from)
+    error = next((e for e in all_gather_object(error) if e is not None), None)  # the first rank's problem, for all
     if error is not None:
+        claimed.release()
         raise RunFolderError(error)
     if finished and claimed.finished_results is None:  # other ranks only need to know
         claimed.finished_results = {}

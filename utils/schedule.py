@@ -1,5 +1,4 @@
-"""Per-step schedules: the learning rate (linear warm-up, then a cosine decay to ``min_lr``, per epoch or per
-step) and the ramp of the local (ITM, ATP) loss weights."""
+"""The learning-rate schedule: linear warm-up, then a cosine decay to ``min_lr``, per epoch or per step."""
 from __future__ import annotations
 
 import math
@@ -30,21 +29,3 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: str = "cos
     total_steps = steps_per_epoch * epochs
     return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps), min_ratio)
 
-
-def linear_ramp(step: int, ramp_steps: int) -> float:
-    """Loss-weight multiplier at optimisation step ``step`` (0-based): min(1, step / ramp_steps); 1 if ramp_steps = 0.
-
-    Starts at 0: hard negatives picked by an untrained model carry no signal in the first steps.
-    """
-    return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
-
-
-def local_terms_computed(step: int, start_step: int) -> bool:
-    """Whether ITM/ATP and their fused pass run at optimisation step ``step``: from ``start_step`` on."""
-    return step >= start_step
-
-
-def local_loss_weight(step: int, start_step: int, ramp_steps: int) -> float:
-    """ITM/ATP weight multiplier at optimisation step ``step``: 0 before ``start_step`` (the terms are then not
-    computed at all), then ``linear_ramp(step - start_step, ramp_steps)``."""
-    return linear_ramp(step - start_step, ramp_steps) if local_terms_computed(step, start_step) else 0.0

@@ -134,3 +134,44 @@ def describe(person: Identity, rng: np.random.Generator, kinds: Sequence[str] | 
             verb = pick(rng, ("is carrying", "carries", "has"))
             sentences.append(f"{pronoun} {verb} {_bag_phrase(person, rng, possessive)}")
     return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+
+
+def _part_vocabulary(person: Identity) -> dict[str, tuple[set[str], set[str]]]:
+    """Per part the person has: (head nouns that end its phrase, every word its phrase can hold)."""
+    phrases = {"upper": UPPER_NOUNS[person.upper], "lower": LOWER_NOUNS[person.lower], "shoes": SHOE_NOUNS,
+               "hair": ("hair",)}
+    modifiers = {"upper": (person.upper_colour, *PATTERN_WORDS.get(person.upper_pattern, ())),
+                 "lower": (person.lower_colour,), "shoes": (person.shoes_colour,),
+                 "hair": (person.hair_colour, person.hair_length)}
+    if person.hat is not None:
+        phrases["hat"], modifiers["hat"] = HAT_NOUNS[person.hat], (person.hat_colour,)
+    if person.bag is not None:
+        phrases["bag"], modifiers["bag"] = BAG_NOUNS[person.bag], (person.bag_colour,)
+    return {part: ({phrase.split()[-1] for phrase in nouns},
+                   {word for phrase in nouns for word in phrase.split()} | set(modifiers[part]))
+            for part, nouns in phrases.items()}
+
+
+def word_parts(person: Identity, words: Sequence[str]) -> list[str | None]:
+    """The part of ``person`` each caption word names (garment noun, its colour or pattern, hair words), or None.
+
+    Colour and pattern words always come right before the noun they describe (see :func:`describe`), so a
+    right-to-left scan gives each head noun's part to the words before it for as long as they belong to that
+    part's phrase. Words about a part the person lacks ("wears no hat") name no region.
+
+    Args:
+        person: the identity the caption describes.
+        words: the cleaned caption's space-separated words (trailing commas allowed).
+    """
+    vocabulary = _part_vocabulary(person)
+    parts: list[str | None] = [None] * len(words)
+    current = None
+    for index in reversed(range(len(words))):
+        word = words[index].rstrip(",")
+        head = next((part for part, (heads, _) in vocabulary.items() if word in heads), None)
+        if head is not None:
+            current = head
+        elif current is not None and word not in vocabulary[current][1]:
+            current = None
+        parts[index] = current
+    return parts

@@ -21,7 +21,10 @@ RENDER_STREAM = 0x5EED  # separates the render generator from the sample's augme
 
 
 class FreshRenders:
-    """``render(image_path, sample_seed) -> PIL image``: the person of ``image_path`` under new conditions.
+    """``(image_path, sample_seed) -> PIL image``: the person of ``image_path`` under new conditions.
+
+    The synthetic set's training image loader when ``data.synthetic.fresh_renders`` is on
+    (``datasets.registry.training_image_loader``).
 
     Args:
         dataset_dir: the synthetic folder (``reid_raw.json`` with per-image ``attributes``, ``generator.json``).

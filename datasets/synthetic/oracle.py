@@ -10,23 +10,27 @@ truthful, so the described person always has the full score; everyone else who s
 is indistinguishable from the text, which is why even this ranker stays below R1 = 100 %. Facts never include
 skin tone (never described) or the bag's side (images are mirrored, so it differs between photos of one
 person).
+
+Command line: ``python -m datasets.synthetic.oracle DIR [--split val|test]`` prints the ceiling's metrics table
+for a generated folder (every caption of the split is a query, as in ``eval.eval_captions=all``).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from datasets.cuhk_pedes import read_cuhk_pedes
 from datasets.person_search import RetrievalSet
 from datasets.records import clean_caption
 from datasets.synthetic.generate import ANNOTATION_FILE
 from datasets.synthetic.identity import Identity
-from utils.metrics import RetrievalMetrics
-
-log = logging.getLogger(__name__)
+from utils.cli import add_debug_flag, run_main
+from utils.errors import DataError
+from utils.metrics import RetrievalMetrics, chance_r1
 
 # The Identity fields each mentioned kind states (hair length and hat/bag colours: see stated_facts).
 KIND_FIELDS = {"person": ("build",), "hair": ("hair_colour",), "hat": ("hat",),
@@ -73,21 +77,21 @@ def oracle_scores(query_facts: Sequence[dict], gallery: Sequence[Identity]) -> t
     return scores
 
 
-def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict | None:
+def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict[str, float]:
     """R1/R5/R10/mAP/mINP (percent) of the oracle on ``dataset`` (a split of the synthetic folder).
-
-    Returns ``None`` (and logs why) when the folder's annotation predates the per-caption ``mentions``
-    records (generator version 1): regenerate the folder to get the ceiling.
 
     Args:
         dataset_dir: the synthetic folder holding ``reid_raw.json``.
         dataset: the evaluated retrieval set, built from that folder's records.
+
+    Raises:
+        DataError: the annotation lacks the per-caption ``mentions`` (an older generator wrote it).
     """
-    raw = json.loads((Path(dataset_dir) / ANNOTATION_FILE).read_text(encoding="utf-8"))
+    annotation = Path(dataset_dir) / ANNOTATION_FILE
+    raw = json.loads(annotation.read_text(encoding="utf-8"))
     if raw and "mentions" not in raw[0]:
-        log.warning("%s has no per-caption mentions (older generator): no oracle ceiling; delete the folder to "
-                    "regenerate it", dataset_dir)
-        return None
+        raise DataError(f"{annotation}: records have no 'mentions' (written by an older generator); delete "
+                        f"{dataset_dir} and generate it again")
     by_path = {record["file_path"]: record for record in raw}
     records = [by_path["/".join(Path(path).parts[-2:])] for path in dataset.gallery_paths]  # <split>/<file>
     gallery = [Identity(**record["attributes"]) for record in records]
@@ -99,3 +103,37 @@ def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict | Non
     metrics = RetrievalMetrics()
     metrics.update(oracle_scores(query_facts, gallery), dataset.query_pids, dataset.gallery_pids)
     return metrics.compute()
+
+
+def oracle_table(dataset_dir: str | Path, split: str = "test") -> str:
+    """The oracle's metrics on one split of a generated folder, as a markdown table with the chance R1.
+
+    Args:
+        dataset_dir: the synthetic folder.
+        split: ``val`` or ``test``.
+    """
+    records = [r for r in read_cuhk_pedes(dataset_dir) if r.split == split]
+    if not records:
+        raise DataError(f"{dataset_dir}: the {split} split has no records")
+    dataset = RetrievalSet.from_records(records)
+    metrics = oracle_metrics(dataset_dir, dataset)
+    lines = [f"| {split} split | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics),
+             "| oracle (true attributes) | " + " | ".join(f"{value:.2f}" for value in metrics.values()) + " |"]
+    chance = chance_r1(dataset.query_pids, dataset.gallery_pids)
+    lines.append(f"\nchance R1: {chance:.2f}% ({len(dataset.query_texts)} queries, {len(records)} gallery images)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """Parses the arguments and prints the table."""
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic.oracle",
+                                     description="The synthetic set's ceiling: ranking by the true attributes.")
+    parser.add_argument("dataset_dir", help="a generated synthetic folder, e.g. data/synthetic-pedes")
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="the split to rank (default test)")
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    print(oracle_table(args.dataset_dir, args.split))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -3,6 +3,10 @@ random pose offset, scale, lighting and partial occlusion.
 
 Drawing happens at twice the target resolution and is box-filtered down, which anti-aliases the
 edges. Body geometry is in units of the figure's height ``u`` (0 = top of the head, 1 = soles).
+
+:func:`render_person_with_regions` also paints every shape, with its part's label instead of its colour, on a
+label map (later shapes and the occluder cover earlier ones there too), so each part's region is exactly where it
+stays visible; it draws the same pixels from the same random numbers as :func:`render_person`.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from datasets.regions import PARTS
 from datasets.synthetic.identity import COLOURS, HAIR_COLOURS, SKIN_TONES, Identity
 
 SUPERSAMPLE = 2
@@ -22,6 +27,29 @@ LEG_DX, LEG_HALF, ARM_WIDTH = 0.06, 0.05, 0.06
 LOWER_HEM = {"shorts": 0.68, "skirt": 0.72, "long skirt": 0.9}
 COAT_HEM = 0.62  # above every lower hem, so shorts and skirts show below a coat
 Colour = tuple[int, int, int]
+UNLABELLED, SKIN = 0, 1  # label-map values of background / occluder and of skin; parts follow
+PART_LABELS = {part: SKIN + 1 + index for index, part in enumerate(PARTS)}
+
+
+class _Canvas:
+    """``ImageDraw`` calls (``ellipse``, ``polygon``, ...) painted on the image and, with a label map, painted
+    again there with the label of ``self.part`` (a part name, or ``SKIN`` / ``UNLABELLED``)."""
+
+    def __init__(self, image: Image.Image, labels: Image.Image | None) -> None:
+        self._image = ImageDraw.Draw(image)
+        self._labels = None if labels is None else ImageDraw.Draw(labels)
+        self.part: str | int = UNLABELLED
+
+    def __getattr__(self, shape: str):
+        paint = getattr(self._image, shape)
+        if self._labels is None:
+            return paint
+        label = getattr(self._labels, shape)
+
+        def paint_both(*args, fill, **kwargs):
+            paint(*args, fill=fill, **kwargs)
+            label(*args, fill=PART_LABELS.get(self.part, self.part), **kwargs)
+        return paint_both
 
 
 def _shade(colour: Colour, factor: float) -> Colour:
@@ -69,10 +97,27 @@ def render_person(identity: Identity, rng: np.random.Generator, size: tuple[int,
         rng: the random generator for background, placement, lighting and occlusion.
         size: output ``(height, width)`` in pixels.
     """
+    return _render(identity, rng, size, with_regions=False)[0]
+
+
+def render_person_with_regions(identity: Identity, rng: np.random.Generator,
+                               size: tuple[int, int] = (128, 64)) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """:func:`render_person` plus the visible region of each part the person has: ``{part: (H, W) bool}``
+    (parts of :data:`datasets.regions.PARTS` drawn and not fully covered; a sub-sampled pixel of the label map)."""
+    image, labels = _render(identity, rng, size, with_regions=True)
+    label_array = np.asarray(labels)  # (H, W) uint8
+    regions = {part: label_array == PART_LABELS[part] for part in PARTS}
+    return image, {part: mask for part, mask in regions.items() if mask.any()}
+
+
+def _render(identity: Identity, rng: np.random.Generator, size: tuple[int, int],
+            with_regions: bool) -> tuple[Image.Image, Image.Image | None]:
+    """The image and, ``with_regions``, its (H, W) label map."""
     height, width = size
     canvas_h, canvas_w = height * SUPERSAMPLE, width * SUPERSAMPLE
     image = _background(rng, canvas_w, canvas_h)
-    draw = ImageDraw.Draw(image)
+    labels = Image.new("L", (canvas_w, canvas_h), UNLABELLED) if with_regions else None
+    draw = _Canvas(image, labels)
     u = canvas_h * rng.uniform(0.78, 0.94)
     build = BUILD_WIDTH[identity.build]
     woman = identity.gender == "woman"
@@ -80,8 +125,10 @@ def render_person(identity: Identity, rng: np.random.Generator, size: tuple[int,
                    u=u, shoulder=0.15 * build * (0.9 if woman else 1.0), hip=0.12 * build * (1.08 if woman else 1.0))
     _draw_figure(draw, identity, frame)
     if rng.random() < OCCLUSION_PROBABILITY:
+        draw.part = UNLABELLED
         _occlude(draw, rng, frame, canvas_w)
-    return _relight(image.reduce(SUPERSAMPLE), rng)
+    reduced = None if labels is None else labels.resize((width, height), Image.Resampling.NEAREST)
+    return _relight(image.reduce(SUPERSAMPLE), rng), reduced
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -105,20 +152,24 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     return image
 
 
-def _draw_figure(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame) -> None:
+def _draw_figure(draw: _Canvas, person: Identity, f: _Frame) -> None:
     """Paints the figure back to front: backpack, hood, legs and lower garment, shoes, torso, arms, head, bags."""
     skin = SKIN_TONES[person.skin_tone]
     upper = COLOURS[person.upper_colour]
     hair = HAIR_COLOURS[person.hair_colour]
     if person.bag == "backpack":
+        draw.part = "bag"
         draw.rounded_rectangle(f.box(-f.shoulder - 0.02, 0.12, f.shoulder + 0.02, 0.47), f.px(0.03),
                                fill=COLOURS[person.bag_colour])
     if person.hair_length == "long":
+        draw.part = "hair"
         draw.rounded_rectangle(f.box(-0.08, 0.04, 0.08, 0.26), f.px(0.03), fill=hair)
     if person.upper == "hoodie":
+        draw.part = "upper"
         draw.ellipse(f.box(-0.085, 0.09, 0.085, 0.2), fill=_shade(upper, 0.75))
     _draw_lower(draw, person, f, skin)
     shoes = COLOURS[person.shoes_colour]
+    draw.part = "shoes"
     for side in (-1, 1):
         draw.ellipse(f.box(side * LEG_DX - 0.045, ANKLE_Y, side * LEG_DX + 0.045, SOLE_Y), fill=shoes)
     _draw_torso(draw, person, f, upper, skin)
@@ -135,10 +186,12 @@ def _leg(side: int, f: _Frame, bottom: float) -> list[tuple[float, float]]:
     return f.poly([(0, WAIST_Y), (side * f.hip, WAIST_Y), (side * outer, bottom), (side * inner, bottom)])
 
 
-def _draw_lower(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, skin: Colour) -> None:
+def _draw_lower(draw: _Canvas, person: Identity, f: _Frame, skin: Colour) -> None:
     lower = COLOURS[person.lower_colour]
+    draw.part = "lower" if person.lower == "trousers" else SKIN
     for side in (-1, 1):
         draw.polygon(_leg(side, f, ANKLE_Y), fill=lower if person.lower == "trousers" else skin)
+    draw.part = "lower"
     if person.lower == "shorts":
         for side in (-1, 1):
             draw.polygon(_leg(side, f, LOWER_HEM["shorts"]), fill=lower)
@@ -148,8 +201,9 @@ def _draw_lower(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, skin: Co
                              (-f.hip - flare, hem)]), fill=lower)
 
 
-def _draw_torso(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, upper: Colour, skin: Colour) -> None:
+def _draw_torso(draw: _Canvas, person: Identity, f: _Frame, upper: Colour, skin: Colour) -> None:
     """Torso in the garment colour, its pattern, and the details that tell garment types apart."""
+    draw.part = "upper"
     bottom, flare = (COAT_HEM, 0.03) if person.upper == "coat" else (WAIST_Y + 0.02, 0.0)
     draw.polygon(f.poly([(-f.shoulder, SHOULDER_Y), (f.shoulder, SHOULDER_Y), (f.hip + flare, bottom),
                          (-f.hip - flare, bottom)]), fill=upper)
@@ -187,6 +241,7 @@ def _draw_torso(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, upper: C
             draw.line(f.poly([(dx, SHOULDER_Y), (dx, 0.25)]), fill=(235, 235, 235), width=f.px(0.008))
     elif person.upper == "sweater":
         draw.rectangle(f.box(-f.hip, bottom - 0.04, f.hip, bottom), fill=dark)
+        draw.part = SKIN
         draw.polygon(f.poly([(-0.04, SHOULDER_Y), (0.0, 0.21), (0.04, SHOULDER_Y)]), fill=skin)
 
 
@@ -194,7 +249,7 @@ def _hand_x(f: _Frame, side: int) -> float:
     return side * (max(f.shoulder, f.hip) + 0.04)
 
 
-def _draw_arms(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, upper: Colour, skin: Colour) -> None:
+def _draw_arms(draw: _Canvas, person: Identity, f: _Frame, upper: Colour, skin: Colour) -> None:
     """Arms hang from the shoulders; a t-shirt leaves the forearms bare."""
     sleeve_end = 0.3 if person.upper == "t-shirt" else 0.46
     cuff = _shade(upper, 0.6) if person.upper == "sweater" else upper
@@ -204,22 +259,27 @@ def _draw_arms(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, upper: Co
         hand = (_hand_x(f, side), 0.47)
         elbow = tuple(s + (h - s) * (sleeve_end - shoulder[1]) / (hand[1] - shoulder[1])
                       for s, h in zip(shoulder, hand))
+        draw.part = SKIN
         draw.line(f.poly([shoulder, hand]), fill=skin, width=width)
+        draw.part = "upper"
         draw.line(f.poly([shoulder, elbow]), fill=upper, width=width)
         if cuff != upper:
             draw.line(f.poly([elbow, (elbow[0] + 0.3 * (hand[0] - elbow[0]), 0.47)]), fill=cuff, width=width)
         draw.ellipse(f.box(shoulder[0] - ARM_WIDTH / 2, SHOULDER_Y, shoulder[0] + ARM_WIDTH / 2,
                            SHOULDER_Y + ARM_WIDTH), fill=upper)
+        draw.part = SKIN
         draw.ellipse(f.box(hand[0] - 0.025, 0.46, hand[0] + 0.025, 0.51), fill=skin)
 
 
-def _draw_head(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, skin: Colour, hair: Colour) -> None:
+def _draw_head(draw: _Canvas, person: Identity, f: _Frame, skin: Colour, hair: Colour) -> None:
     """Neck, face, hair (long hair falls in front of the shoulders) and the hat."""
+    draw.part = SKIN
     draw.rectangle(f.box(-0.03, 0.1, 0.03, SHOULDER_Y + 0.01), fill=skin)
     head = f.box(-HEAD_RX, HEAD_Y - HEAD_RY, HEAD_RX, HEAD_Y + HEAD_RY)
     draw.ellipse(head, fill=skin)
     for dx in (-0.022, 0.022):
         draw.ellipse(f.box(dx - 0.008, 0.08, dx + 0.008, 0.092), fill=(30, 25, 25))
+    draw.part = "hair"
     hair_box = f.box(-HEAD_RX - 0.006, HEAD_Y - HEAD_RY - 0.006, HEAD_RX + 0.006, HEAD_Y + HEAD_RY)
     draw.chord(hair_box, 190, 350, fill=hair)
     for side in (-1, 1):  # hair at the temples stays visible under any hat
@@ -232,6 +292,7 @@ def _draw_head(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, skin: Col
     if person.hat is None:
         return
     hat = COLOURS[person.hat_colour]
+    draw.part = "hat"
     crown = f.box(-HEAD_RX - 0.008, HEAD_Y - HEAD_RY - 0.01, HEAD_RX + 0.008, HEAD_Y + HEAD_RY - 0.02)
     if person.hat == "cap":
         draw.chord(crown, 180, 360, fill=hat)
@@ -246,10 +307,11 @@ def _draw_head(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame, skin: Col
         draw.rectangle(f.box(-HEAD_RX, 0.015, HEAD_RX, 0.03), fill=_contrast(hat))
 
 
-def _draw_bag_front(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame) -> None:
+def _draw_bag_front(draw: _Canvas, person: Identity, f: _Frame) -> None:
     """Backpack straps, a handbag below the hand, or a shoulder bag on a strap across the chest."""
     if person.bag is None:
         return
+    draw.part = "bag"
     colour = COLOURS[person.bag_colour]
     side = 1 if person.bag_side == "left" else -1  # the person's left is the image's right
     if person.bag == "backpack":
@@ -266,7 +328,7 @@ def _draw_bag_front(draw: ImageDraw.ImageDraw, person: Identity, f: _Frame) -> N
                        fill=colour)
 
 
-def _occlude(draw: ImageDraw.ImageDraw, rng: np.random.Generator, f: _Frame, canvas_w: int) -> None:
+def _occlude(draw: _Canvas, rng: np.random.Generator, f: _Frame, canvas_w: int) -> None:
     """A vertical (pole, passer-by) or horizontal (railing, car) block over part of the body."""
     colour = tuple(int(c) for c in rng.integers(20, 235, 3))
     if rng.random() < 0.5:

@@ -23,8 +23,8 @@ Invalid groups get weight exactly 0 and a lone valid group weight exactly 1. See
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def atp_group_features(

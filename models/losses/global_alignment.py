@@ -41,20 +41,20 @@ def global_alignment_loss(
         weights: (forward KL, reverse KL, cross-entropy) term weights.
 
     Returns:
-        Scalar fp32 loss L_glb.
+        Scalar fp32 loss L_glb; S is computed in fp32 even inside ``torch.autocast``.
     """
     if image_feats.ndim != 2 or image_feats.shape != text_feats.shape:
         raise ValueError(f"image_feats {tuple(image_feats.shape)} and text_feats {tuple(text_feats.shape)} "
                          "must both be (B, D)")
     if person_ids.shape != image_feats.shape[:1]:
         raise ValueError(f"person_ids must be (B,) = ({image_feats.shape[0]},), got {tuple(person_ids.shape)}")
-    image_feats, text_feats = image_feats.float(), text_feats.float()
-
     same_identity = (person_ids[:, None] == person_ids[None, :]).float()  # (B, B), symmetric
     target = same_identity / same_identity.sum(dim=1, keepdim=True)  # (B, B) rows sum to 1
     log_target = torch.log(target + eps)
 
-    logits = scale * image_feats @ text_feats.t()  # (B, B) image i vs text j
+    # fp32 under any autocast: at s = 50 the logits reach ~35, where bf16's spacing is 0.25
+    with torch.autocast(image_feats.device.type, enabled=False):
+        logits = scale * image_feats.float() @ text_feats.float().t()  # (B, B) image i vs text j
     image_to_text = _alignment_terms(logits, target, log_target, weights)
     text_to_image = _alignment_terms(logits.t(), target, log_target, weights)
     return (image_to_text + text_to_image) / 2

@@ -12,17 +12,8 @@ negative text of image i likewise from sim_i2t. The fused encoder then scores b 
 and 2b negative pairs (b (T_i, I⁻_i) and b (T⁻_i, I_i)), and
 
     L_itm = (1 / 3b) Σ_n CE(itm_head(h_n), c_n),   c = [1]*b + [0]*2b.
-
-With ``loss.itm.colour_swap_negatives`` each anchor image I_i also meets its own caption with one
-colour word swapped (datasets/colour_swap.py), a negative: s more rows labelled 0, where s ≤ b counts
-the captions that name a colour, and the mean runs over 3b + s rows.
-
-With ``loss.local_pairs_fraction`` f < 1 only the first m = ⌈f·b⌉ local pairs anchor (b → m above);
-their negatives still come from the whole global batch.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +38,14 @@ def itm_similarities(
         temp: temperature τ.
 
     Returns:
-        ``(sim_t2i, sim_i2t)``, each (b, Bg) fp32.
+        ``(sim_t2i, sim_i2t)``, each (b, Bg), computed in fp32 even inside ``torch.autocast``.
     """
     global_image_proj = image_proj if global_image_proj is None else global_image_proj
     global_text_proj = text_proj if global_text_proj is None else global_text_proj
-    sim_t2i = text_proj.float() @ global_image_proj.float().t() / temp  # (b, Bg)
-    sim_i2t = image_proj.float() @ global_text_proj.float().t() / temp  # (b, Bg)
+    with torch.autocast(image_proj.device.type, enabled=False):  # fp32 even under autocast: ranks negatives
+        sim_t2i = text_proj.float() @ global_image_proj.float().t() / temp  # (b, Bg)
+        sim_i2t = image_proj.float() @ global_text_proj.float().t() / temp  # (b, Bg)
     return sim_t2i, sim_i2t
-
-
-def anchor_count(local_pairs: int, fraction: float) -> int:
-    """How many of a process's ``local_pairs`` anchor ITM/ATP: ⌈fraction · b⌉, at least 1."""
-    return max(1, math.ceil(fraction * local_pairs))
 
 
 @torch.no_grad()
@@ -117,16 +104,15 @@ def _pick(masked_sims: torch.Tensor, mode: str, generator: torch.Generator | Non
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
-def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_valid: torch.Tensor | None = None) -> torch.Tensor:
+def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the match head: positives labelled 1, negatives 0, mean over all rows.
 
     Args:
         pos_logits: (b, 2) ``itm_head`` logits of the positive pairs.
         neg_logits: (n, 2) logits of the negative pairs (2b in the reference).
-        neg_valid: optional (n,) bool; negatives marked False are left out of the sum and the count.
 
     Returns:
-        Scalar ``(1 / (b + n')) Σ CE(logits, [1]*b + [0]*n')`` over the n' valid negatives.
+        Scalar ``(1 / (b + n)) Σ CE(logits, [1]*b + [0]*n)``.
     """
     if pos_logits.ndim != 2 or pos_logits.shape[1] != 2 or neg_logits.ndim != 2 or neg_logits.shape[1] != 2:
         raise ValueError(f"ITM logits must be (n, 2); got pos {tuple(pos_logits.shape)}, "
@@ -134,10 +120,4 @@ def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, neg_valid: torc
     logits = torch.cat([pos_logits, neg_logits], dim=0).float()  # (b + n, 2)
     labels = torch.cat([torch.ones(pos_logits.shape[0], dtype=torch.long, device=logits.device),
                         torch.zeros(neg_logits.shape[0], dtype=torch.long, device=logits.device)])
-    if neg_valid is None:
-        return F.cross_entropy(logits, labels)
-    if neg_valid.shape != neg_logits.shape[:1]:
-        raise ValueError(f"neg_valid must be ({neg_logits.shape[0]},), got {tuple(neg_valid.shape)}")
-    weights = torch.cat([torch.ones(pos_logits.shape[0], device=logits.device),
-                         neg_valid.to(device=logits.device, dtype=torch.float32)])  # (b + n,)
-    return (F.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum()
+    return F.cross_entropy(logits, labels)
