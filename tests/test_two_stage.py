@@ -3,33 +3,17 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.person_search import RetrievalSet
-from datasets.records import PersonRecord
 from datasets.tokenization import build_tokenizer, encode
 from datasets.transforms import build_image_transform
 from engine.evaluator import evaluate
 from models.cada import CADA
 from models.registry import get_model_spec
+from tests.helpers import make_set
 from utils.config import EvalConfig
 from utils.metrics import retrieval_metrics
 from utils.vocab import ENC_ID
 
 SIZE = (64, 32)
-
-
-def make_set(tmp_path) -> RetrievalSet:
-    generator = torch.Generator().manual_seed(1)
-    records = []
-    for person in range(6):
-        for shot in range(2):
-            pixels = (torch.rand(SIZE[0], SIZE[1], 3, generator=generator) * 255).to(torch.uint8).numpy()
-            path = tmp_path / f"{person}_{shot}.png"
-            if not path.exists():  # several processes may build the same set
-                Image.fromarray(pixels).save(path)
-            colour = ["red", "blue", "green", "black", "white", "pink"][person]
-            records.append(PersonRecord(path, person, (f"a person in a {colour} coat", f"{colour} shoes {shot}"),
-                                        "test"))
-    return RetrievalSet.from_records(records)
 
 
 def slow_two_stage(model, dataset, tokenizer, transform, k):
