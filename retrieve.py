@@ -9,10 +9,7 @@ query, which image regions each word of it matched in its top results (Grad-CAM,
 """
 import argparse
 
-import torch
-
-from engine.explain import Explainer, explain_search
-from engine.folder_search import format_results, load_search_model, read_queries_file, run_search
+from engine.folder_search import format_results, read_queries_file, run_search
 from utils.cli import add_debug_flag, run_main
 from utils.run_log import setup_logging
 
@@ -45,19 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --query TEXT and/or --queries-file FILE")
     index, results, written = run_search(
         args.checkpoint, args.gallery, queries, args.topk, args.config, args.device, args.batch_size,
-        args.workers, args.skip_bad_images, args.index_dir, args.out or None)
+        args.workers, args.skip_bad_images, args.index_dir, args.out or None, args.explain)
     print(format_results(results, index))
     if index.skipped:
         print(f"skipped {len(index.skipped)} unreadable image(s): {', '.join(index.skipped)}")
     for path in written:
-        print(f"grid: {path}")
-    if args.explain:
-        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if args.device == "auto" else args.device)
-        model, config = load_search_model(args.checkpoint, args.config, device)
-        for path in explain_search(Explainer.for_config(model, config, device), results, index,
-                                   args.out or "retrieval.png", args.explain):
-            print(f"heatmaps: {path}")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from pathlib import Path
 from engine import builders
 from engine.evaluator import evaluate
 from engine.explain import Explainer, explain_evaluation
-from engine.pointing import add_to_results
 from engine.results import write_results
 from engine.visualize import select_queries, write_query_grids
 from utils.checkpoint import load_checkpoint
@@ -37,21 +36,21 @@ def run_test(config: Config, model, tokenizer, splits, device, output_dir: Path,
     log.info("wall time: %s", ", ".join(f"{phase} {format_duration(seconds)}"
                                          for phase, seconds in results["wall_time_s"].items()))
     if is_main_process():
+        if config.eval.explain:  # before write_results: the pointing section goes into results.json
+            explain_queries(config, model, results, dataset, splits[config.eval.split], device, output_dir)
         write_results(results, config, checkpoint, output_dir, dataset)
         if pictures:
             draw_queries(results, dataset, config.eval, output_dir / "visualize", seed=config.train.seed)
-        if config.eval.explain:
-            explain_queries(config, model, results, dataset, splits[config.eval.split], device, output_dir)
     return results
 
 
 def explain_queries(config: Config, model, results: dict, dataset, records, device, output_dir: Path) -> None:
     """``eval.explain``: Grad-CAM panels beside the grids and, where the annotation has part regions, the pointing
-    section of ``results.json`` (engine/explain.py)."""
+    summary as ``results["pointing"]`` (engine/explain.py)."""
     pointing = explain_evaluation(Explainer.for_config(model, config, device), results, dataset, records,
                                   config.eval.explain, output_dir / "visualize")
     if pointing is not None:
-        add_to_results(output_dir / "results.json", pointing)
+        results["pointing"] = pointing
         log.info("pointing game over %d words: hit rate %.1f%% (uniform baseline %.1f%%)", pointing["words"],
                  pointing["hit_rate"], pointing["baseline"])
 

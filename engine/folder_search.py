@@ -19,6 +19,7 @@ from datasets.records import clean_caption, read_utf8
 from engine import builders
 from engine.evaluation_run import resolve_config
 from engine.evaluator import encode_queries, top_n
+from engine.explain import Explainer, explain_search
 from engine.folder_index import FolderIndex, GalleryError, index_folder, index_key
 from engine.rerank import length_order, rerank, shared_itm_scorer
 from engine.results import file_hash
@@ -154,8 +155,9 @@ def read_queries_file(path: str | Path) -> list[str]:
 def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[str], topk: int = 10,
                config_path: str | None = None, device: str = "auto", batch_size: int = 32, num_workers: int = 0,
                skip_bad_images: bool = False, index_dir: str | Path | None = None,
-               grid_path: str | Path | None = None) -> tuple[FolderIndex, list[QueryResult], list[Path]]:
-    """Loads the model, indexes ``gallery`` (cached), ranks it for every query and draws the grid.
+               grid_path: str | Path | None = None, explain: int = 0,
+               ) -> tuple[FolderIndex, list[QueryResult], list[Path]]:
+    """Loads the model, indexes ``gallery`` (cached), ranks it for every query and draws the grid (and heatmaps).
 
     Args:
         checkpoint: model weights (see :func:`load_search_model`).
@@ -169,9 +171,11 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
         skip_bad_images: leave unreadable images out instead of failing.
         index_dir: where the index cache goes (default ``<gallery>/.cada_index``).
         grid_path: PNG to draw the results into; None draws nothing.
+        explain: per query, draw the per-word heatmaps of its top ``explain`` images
+            (``<grid stem>_explain_<n>.png``, :func:`engine.explain.explain_search`).
 
     Returns:
-        ``(index, results, written PNG paths)``.
+        ``(index, results, written PNG paths)``: the grid first, then the heatmap panels.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
@@ -187,4 +191,7 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
     results = search(model, index, builders.tokenizer_for(config), queries, topk, config.eval.k_test,
                      config.eval.rerank, config.model.max_text_len, device, batch_size, config.eval.amp)
     written = draw_results(results, index, grid_path) if grid_path is not None else []
+    if explain:
+        written += explain_search(Explainer.for_config(model, config, device), results, index,
+                                  grid_path or "retrieval.png", explain)
     return index, results, written

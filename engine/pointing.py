@@ -12,15 +12,10 @@ A word whose part is not visible in the explained image (absent or fully covered
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
-
-SECTION = "pointing"  # the key of the summary in results.json
 
 
 def peak(heatmap: torch.Tensor) -> tuple[int, int] | None:
@@ -63,13 +58,3 @@ class PointingTally:
         overall["parts"] = {part: rates(self.hits[part], self.words[part], self.area[part])
                             for part in sorted(self.words)}
         return overall
-
-
-def add_to_results(results_file: str | Path, summary: dict) -> None:
-    """Adds the ``pointing`` section to an evaluation's ``results.json`` (rewritten atomically)."""
-    results_file = Path(results_file)
-    record = json.loads(results_file.read_text(encoding="utf-8"))
-    record[SECTION] = summary
-    partial = results_file.with_name(results_file.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(partial, results_file)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from models.padding import trim_to_longest
 from utils.precision import autocast
 
 # Largest |score| for which m_q + (k - j) is exact enough in fp32 to keep every step strictly increasing.
@@ -144,21 +145,25 @@ def rerank(
 def candidate_match_logits(match_logits: MatchLogits, candidate_indices: torch.Tensor, query_offset: int,
                            batch_queries: int, query_order: torch.Tensor | None) -> torch.Tensor:
     """(c, k) fp32 ITM logits of each row's candidates (c, k), from one ``match_logits`` call per group of at
-    most ``batch_queries`` rows taken in ``query_order`` (see :func:`rerank`)."""
+    most ``batch_queries`` rows taken in ``query_order`` (see :func:`rerank`).
+
+    The indices are copied to the host once, so that grouping them reads nothing back from the device; each
+    call gets host index tensors."""
     num_rows, k = candidate_indices.shape
     device = candidate_indices.device
+    host_candidates = candidate_indices.cpu()  # (c, k), the one read-back of the chunk
     if query_order is None:
-        query_order = torch.arange(num_rows, device=device)
+        query_order = torch.arange(num_rows)
     elif not torch.equal(query_order.sort().values.cpu(), torch.arange(num_rows)):
         raise ValueError(f"query_order must be a permutation of the {num_rows} rows")
-    query_order = query_order.to(device)
+    query_order = query_order.cpu()
     candidate_logits = torch.zeros(num_rows, k, device=device)  # (c, k)
     for start in range(0, num_rows, batch_queries):
-        rows = query_order[start:start + batch_queries]  # (n,)
-        logits = match_logits(rows + query_offset, candidate_indices[rows])
+        rows = query_order[start:start + batch_queries]  # (n,) on the host
+        logits = match_logits(rows + query_offset, host_candidates[rows])
         if tuple(logits.shape) != (rows.numel(), k):
             raise ValueError(f"match_logits returned shape {tuple(logits.shape)}, expected ({rows.numel()}, {k})")
-        candidate_logits[rows] = logits.to(device=device, dtype=torch.float32)
+        candidate_logits[rows.to(device, non_blocking=True)] = logits.to(device=device, dtype=torch.float32)
     return candidate_logits
 
 
@@ -178,20 +183,21 @@ def shared_itm_scorer(model, ids: torch.Tensor, mask: torch.Tensor, image_tokens
 
     Args:
         model: a CADA backbone in eval mode, on ``device``.
-        ids: (Q, L) query ids whose first token is ``[ENC]``; mask: (Q, L) (any device).
+        ids: (Q, L) query ids whose first token is ``[ENC]``; mask: (Q, L); both on the host.
         image_tokens: (G, 1+N, D) gallery image tokens, on any device and in any dtype.
         amp: "off", "bf16" or "fp16": autocast of the fused pass (another value raises at the first call).
     """
     model_dtype = next(model.parameters()).dtype
 
     def match_logits(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-        n, k = gallery_index.shape
+        n, k = gallery_index.shape  # host indices: the group is assembled without reading the device
         distinct, pair_image = torch.unique(gallery_index.flatten(), return_inverse=True)  # (U,), (n*k,)
         tokens = image_tokens[distinct.to(image_tokens.device)].to(device, model_dtype)  # (U, 1+N, D)
-        rows = query_index.cpu()
-        pair_ids = ids[rows].to(device).repeat_interleave(k, 0)  # (n*k, L)
-        pair_mask = mask[rows].to(device).repeat_interleave(k, 0)
+        pair_ids, pair_mask = trim_to_longest(ids[query_index], mask[query_index])  # (n, L') on the host
+        pair_ids = pair_ids.to(device, non_blocking=True).repeat_interleave(k, 0)  # (n*k, L')
+        pair_mask = pair_mask.to(device, non_blocking=True).repeat_interleave(k, 0)
         with autocast(device, amp):
-            logits = model.itm_match_logit(pair_ids, pair_mask, tokens, image_index=pair_image.to(device))
+            logits = model.itm_match_logit(pair_ids, pair_mask, tokens, image_index=pair_image.to(device),
+                                           length=pair_ids.shape[1])
         return logits.float().view(n, k)
     return match_logits

@@ -73,8 +73,9 @@ def write_results(results: dict, config: Config, checkpoint: str | Path, output_
     }
     if IMAGE_TO_TEXT in results:
         record[IMAGE_TO_TEXT] = results[IMAGE_TO_TEXT]
-    if "wall_time_s" in results:
-        record["wall_time_s"] = results["wall_time_s"]
+    for optional in ("wall_time_s", "pointing"):
+        if optional in results:
+            record[optional] = results[optional]
     path = output_dir / "results.json"
     path.write_text(json.dumps(record, indent=2))
     (output_dir / "results.md").write_text(results_table(results) + "\n")

@@ -95,7 +95,7 @@ class CADABackbone(nn.Module):
         return self.itm_head(fused[:, 0])
 
     def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
-                        image_index: torch.Tensor | None = None) -> torch.Tensor:
+                        image_index: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
         """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking.
 
         Only position 0 is read, so the texts are first trimmed to their longest caption (exact) and the last
@@ -106,8 +106,9 @@ class CADABackbone(nn.Module):
             attention_mask: (B, L), 1 for real tokens.
             image_embeds: (B, 1 + N, Dv) image tokens, or (U, 1 + N, Dv) distinct images indexed by
                 ``image_index`` (B,) (see :meth:`fuse`).
+            length: the longest caption if known (e.g. from the host copy of the mask); None reads it from the mask.
         """
-        input_ids, attention_mask = trim_to_longest(input_ids, attention_mask)
+        input_ids, attention_mask = trim_to_longest(input_ids, attention_mask, length=length)
         fused = self.fuse(input_ids, attention_mask, image_embeds, image_index, first_token_only=True)  # (B, 1, Dt)
         return self.itm_head(fused[:, 0])[:, MATCH_CLASS]
 

@@ -8,6 +8,7 @@
 - the tests' own small config (``tests/configs/tiny.yaml``) pointed at temporary folders, and a small
   retrieval set of random images.
 """
+import contextlib
 import json
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from datasets.attributes import attribute_candidates, build_tagger
@@ -171,3 +173,38 @@ def make_set(folder: Path, size: tuple[int, int] = (64, 32)) -> RetrievalSet:
             records.append(PersonRecord(path, person, (f"a person in a {colour} coat", f"{colour} shoes {shot}"),
                                         "test"))
     return RetrievalSet.from_records(records)
+
+
+HOST_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "nonzero",
+                        "unique"})
+
+
+class _NoHostReads(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            raise AssertionError(f"{name}() reads a tensor back to the host (on CUDA: waits for the GPU)")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fails on any tensor operation that, on a GPU tensor, would wait for the GPU and copy to the host."""
+    with _NoHostReads():
+        yield
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor that stands for one on a GPU: operations on it give ``OnDevice`` tensors and every read
+    back to the host (:data:`HOST_READS`) is counted in ``OnDevice.reads``."""
+
+    reads = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in HOST_READS:
+            cls.reads += 1
+            with torch._C.DisableTorchFunctionSubclass():
+                result = func(*args, **(kwargs or {}))
+            return result.as_subclass(torch.Tensor) if isinstance(result, torch.Tensor) else result
+        return super().__torch_function__(func, types, args, kwargs)

@@ -43,6 +43,13 @@ def test_unknown_key_from_override_names_the_command_line(tmp_path):
         load_config(write(tmp_path / "c.yaml", ""), ["train.epoch=3"])
 
 
+def test_batches_of_one_identity_are_refused(tmp_path):
+    path = write(tmp_path / "c.yaml", "")
+    load_config(path, ["data.global_batch_size=8", "data.instances_per_id=4"])  # two people per batch
+    with pytest.raises(ConfigError, match="data.instances_per_id.*one identity"):
+        load_config(path, ["data.global_batch_size=8", "data.instances_per_id=8"])
+
+
 def test_wrong_types_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="train.epochs.*expected int"):
         load_config(write(tmp_path / "a.yaml", "train:\n  epochs: three\n"))

@@ -58,8 +58,41 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         value /= 2
     evaluation = evaluate_small_set(model, out_dir)  # gallery and queries sharded over the two ranks
     uneven = all_gather_uneven(torch.arange(2 + rank, dtype=torch.float64)[:, None].repeat(1, 3))  # 2 and 3 rows
-    torch.save((losses, grads if rank == 0 else None, picked[0], evaluation, uneven), f"{out_dir}/rank{rank}.pt")
+    headers_read = load_splits_counting_headers(out_dir)
+    torch.save((losses, grads if rank == 0 else None, picked[0], evaluation, uneven, headers_read),
+               f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def write_cuhk_set(root) -> None:
+    """A 4-image CUHK-PEDES folder: two people in train, two in test."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+    folder = Path(root) / "CUHK-PEDES"
+    (folder / "imgs").mkdir(parents=True)
+    records = []
+    for number in range(4):
+        Image.new("RGB", (16, 32), (60 * number, 0, 0)).save(folder / "imgs" / f"p{number}.jpg")
+        records.append({"split": "train" if number < 2 else "test", "id": number, "file_path": f"p{number}.jpg",
+                        "captions": [f"a person number {number} in a red shirt"]})
+    (folder / "reid_raw.json").write_text(json.dumps(records))
+
+
+def load_splits_counting_headers(out_dir: str) -> tuple[int, dict]:
+    """How many image headers this rank read while ``load_splits`` validated the set, and the splits' pids."""
+    import datasets.validation
+    from engine.builders import load_splits
+    from tests.helpers import tiny_config
+    from utils.config import load_config
+
+    read = []
+    original = datasets.validation.image_problem
+    datasets.validation.image_problem = lambda path: read.append(path) or original(path)
+    path, overrides = tiny_config(f"{out_dir}/data", f"{out_dir}/run", "data.dataset=cuhk_pedes")
+    splits = load_splits(load_config(path, overrides))
+    return len(read), {name: [record.person_id for record in part] for name, part in splits.items()}
 
 
 def refusing_tensors(all_gather_object):
@@ -98,10 +131,11 @@ def free_port() -> int:
 def test_two_processes_match_one_process_global_batch(tmp_path):
     single_losses, single_grads = losses_and_grads(build_model(), global_batch())
     single_eval = evaluate_small_set(build_model(), tmp_path)  # also writes the images the workers read
+    write_cuhk_set(tmp_path / "data")
     run_two(worker, tmp_path)
     reports = {rank: torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)}
 
-    distributed_losses, distributed_grads, _, distributed_eval, _ = reports[0]
+    distributed_losses, distributed_grads, _, distributed_eval, _, _ = reports[0]
     assert distributed_losses.keys() == single_losses.keys() == {"global", "itm", "atp", "ara"}
     for name, value in single_losses.items():
         torch.testing.assert_close(distributed_losses[name], value, atol=1e-5, rtol=1e-5)
@@ -117,6 +151,8 @@ def test_two_processes_match_one_process_global_batch(tmp_path):
                            distributed_eval[stage + "_per_query"]["first_positive_rank"])
     expected_uneven = torch.tensor([0, 1, 0, 1, 2], dtype=torch.float64)[:, None].repeat(1, 3)
     assert torch.equal(reports[0][4], expected_uneven) and torch.equal(reports[1][4], expected_uneven)
+    # image headers are read by rank 0 alone; every rank gets its validated splits
+    assert reports[0][5] == (4, {"train": [0, 1], "val": [], "test": [2, 3]}) and reports[1][5] == (0, reports[0][5][1])
     negative_images, negative_texts = reports[0][2]
     assert (negative_images >= 4).all() and (negative_texts >= 4).all()
     negative_images, negative_texts = reports[1][2]

@@ -169,7 +169,7 @@ def test_cli_prints_ranked_table_and_writes_grid(checkpoint, gallery, tmp_path, 
         assert {line.split()[2] for line in ranked} <= set(IMAGE_NAMES)
     layout = RowLayout(4, (128, 64), line_height())
     assert Image.open(out).size == (layout.width, 3 * layout.height)
-    assert f"grid: {out}" in printed
+    assert f"wrote {out}" in printed
 
 
 @pytest.mark.parametrize("broken", ["garbage", "truncated"])

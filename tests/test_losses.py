@@ -9,6 +9,7 @@ from models.losses.ara import ara_loss
 from models.losses.atp import AdaptiveATP, atp_group_features, atp_loss_reference
 from models.losses.global_alignment import global_alignment_loss
 from models.losses.itm import itm_loss, itm_similarities, select_hard_negatives
+from tests.helpers import no_host_reads
 
 
 def cross_entropy(logits, label):
@@ -105,8 +106,15 @@ def test_multinomial_follows_softmax_of_allowed_entries():
 
 def test_no_negative_is_an_error():
     sims = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="no hard negative"):
+    with pytest.raises(RuntimeError, match="no hard negative"):
         select_hard_negatives(sims, sims, torch.tensor([4, 4]), torch.tensor([4, 4, 4]))
+
+
+@pytest.mark.parametrize("mode", ["argmax", "multinomial"])
+def test_hard_negatives_are_chosen_without_reading_the_device(mode):
+    sims = torch.randn(4, 8)
+    with no_host_reads():
+        select_hard_negatives(sims, sims, torch.arange(4), torch.arange(8) % 4, mode)
 
 
 def test_itm_similarities_by_hand():

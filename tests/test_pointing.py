@@ -14,7 +14,7 @@ from datasets.synthetic.captions import word_parts
 from datasets.synthetic.generate import generate_dataset
 from datasets.synthetic.identity import COLOURS, sample_identities
 from datasets.synthetic.render import render_person, render_person_with_regions
-from engine.pointing import PointingTally, add_to_results, peak
+from engine.pointing import PointingTally, peak
 
 
 def test_peak_takes_the_first_maximum_and_none_for_an_empty_map():
@@ -40,13 +40,6 @@ def test_pointing_arithmetic_on_a_hand_example():
                                 "upper": {"hit_rate": 50.0, "words": 2, "baseline": 25.0}}
     with pytest.raises(ValueError, match="differ in size"):
         tally.add("upper", torch.zeros(3, 4), region_a)
-
-
-def test_pointing_section_is_added_to_results_json(tmp_path):
-    results = tmp_path / "results.json"
-    results.write_text(json.dumps({"split": "test"}))
-    add_to_results(results, {"hit_rate": 12.5})
-    assert json.loads(results.read_text()) == {"split": "test", "pointing": {"hit_rate": 12.5}}
 
 
 @pytest.mark.parametrize("first_inside", [False, True])

@@ -146,3 +146,25 @@ def test_shared_itm_scorer_equals_pair_by_pair_full_length_scores():
                        slow.scores.argsort(dim=1, descending=True, stable=True))
     bf16 = rerank(cosines, 4, shared_itm_scorer(model, ids, mask, image_tokens, torch.device("cpu"), amp="bf16"))
     torch.testing.assert_close(bf16.candidate_logits, slow.candidate_logits, atol=0.1, rtol=0.05)
+
+
+def test_rerank_reads_the_device_a_fixed_number_of_times_per_chunk_however_many_groups():
+    from engine.rerank import length_order, shared_itm_scorer
+    from models.cada_backbone import CADABackbone
+    from models.registry import get_model_spec
+    from tests.helpers import OnDevice
+    torch.manual_seed(0)
+    model = CADABackbone(get_model_spec("cada_tiny"), (32, 16)).eval()
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.randint(1000, 2000, (12, 20), generator=generator)
+    mask = (torch.arange(20) < torch.randint(3, 20, (12, 1), generator=generator)).long()
+    with torch.no_grad():
+        image_tokens = model.encode_image(torch.randn(9, 3, 32, 16, generator=generator)).as_subclass(OnDevice)
+    cosines = torch.rand(12, 9, generator=generator).as_subclass(OnDevice)
+    reads = []
+    for batch_queries in (12, 4, 1):  # 1, 3 and 12 groups
+        OnDevice.reads = 0
+        rerank(cosines, 4, shared_itm_scorer(model, ids, mask, image_tokens, torch.device("cpu")),
+               batch_queries=batch_queries, query_order=length_order(mask))
+        reads.append(OnDevice.reads)
+    assert reads[0] == reads[1] == reads[2]

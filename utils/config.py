@@ -234,6 +234,10 @@ def check_consistency(config: Config, origin: dict | None = None) -> Config:
     if config.data.instances_per_id and config.data.global_batch_size % config.data.instances_per_id:
         fail("data.instances_per_id", f"{config.data.instances_per_id} does not divide data.global_batch_size "
                                       f"{config.data.global_batch_size}")
+    if config.data.instances_per_id and config.data.global_batch_size < 2 * config.data.instances_per_id:
+        fail("data.instances_per_id", f"batches of {config.data.global_batch_size} with "
+                                      f"{config.data.instances_per_id} images per person hold one identity: the "
+                                      "ITM loss needs at least two per batch for its hard negatives")
     if config.eval.visualize_mode == "ids" and not config.eval.visualize_ids:
         fail("eval.visualize_ids", "eval.visualize_mode=ids needs a list of query indices")
     return config

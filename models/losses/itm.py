@@ -75,8 +75,8 @@ def select_hard_negatives(
         ``(neg_image_index, neg_text_index)``, each (b,) int64 indices into the global batch.
 
     Raises:
-        ValueError: on bad shapes, an unknown mode, or an anchor whose identity covers the whole
-            global batch (no negative exists).
+        ValueError: on bad shapes or an unknown mode.
+        RuntimeError: an anchor's identity covers the whole global batch (no negative exists).
     """
     if mode not in ("argmax", "multinomial"):
         raise ValueError(f"unknown hard-negative mode {mode!r}; expected 'argmax' or 'multinomial'")
@@ -85,11 +85,10 @@ def select_hard_negatives(
         if tuple(sims.shape) != expected:
             raise ValueError(f"{name} must be (b, Bg) = {expected}, got {tuple(sims.shape)}")
     same_identity = anchor_pids[:, None] == global_pids[None, :]  # (b, Bg)
-    no_negative = same_identity.all(dim=1)
-    if no_negative.any():
-        row = int(no_negative.nonzero()[0, 0])
-        raise ValueError(f"no hard negative for local pair {row}: every pair in the global batch has its "
-                         f"identity {int(anchor_pids[row])}; batches need at least two identities")
+    # checked on the device, without reading back to the host (an async assert on CUDA); batches of one
+    # identity are also refused when the config is loaded (data.instances_per_id)
+    torch._assert_async(~same_identity.all(dim=1).any(), "no hard negative: a local pair's identity covers the "
+                        "whole global batch; batches need at least two identities")
     neg_image_index = _pick(sim_t2i.float().masked_fill(same_identity, float("-inf")), mode, generator)
     neg_text_index = _pick(sim_i2t.float().masked_fill(same_identity, float("-inf")), mode, generator)
     return neg_image_index, neg_text_index
