@@ -11,7 +11,7 @@ import models.cada
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from models.cada import CADA
 from models.registry import get_model_spec
-from utils.dist import all_gather_uneven, all_gather_with_grad, get_world_size, init_distributed
+from utils.dist import all_gather_no_grad, all_gather_uneven, all_gather_with_grad, get_world_size, init_distributed
 
 GLOBAL_BATCH, LENGTH, SIZE = 8, 16, (64, 32)
 
@@ -163,6 +163,12 @@ def test_helpers_are_identities_without_process_group():
     tensor = torch.randn(3, 2, requires_grad=True)
     assert get_world_size() == 1
     assert all_gather_with_grad(tensor) is tensor
+
+
+def test_gathers_are_marked_to_stay_out_of_compiled_graphs():
+    """torch 2.14's dynamo splits the graph at the collectives by itself (the compiled-DDP test below passes either
+    way there); the disable marker is what keeps them out on torch versions that do not."""
+    assert all_gather_with_grad._torchdynamo_disable and all_gather_no_grad._torchdynamo_disable
 
 
 class GatheringModel(torch.nn.Module):

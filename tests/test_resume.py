@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import tiny_arguments
+from datasets.registry import dataset_dir
+from datasets.synthetic.prepare import ensure_generated
+from tests.helpers import tiny_arguments, tiny_config
 from utils.checkpoint import load_checkpoint, save_atomic
+from utils.config import load_config
 
 RESUME_OVERRIDES = ["train.epochs=2", "train.save_every_steps=2", "loss.itm.negatives=multinomial",
                     "data.synthetic.train_ids=21", "data.synthetic.val_ids=3",
@@ -43,16 +46,18 @@ def wait_for_mid_epoch_checkpoint(path: Path, process: subprocess.Popen, timeout
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     data = tmp_path / "data"
-    reference = subprocess.run(train_command(data, tmp_path / "reference"), capture_output=True, text=True,
-                               timeout=600, env=ENV)
-    assert reference.returncode == 0, reference.stderr[-2000:]
-
+    ensure_generated(dataset_dir("synthetic", data),  # once, before the two runs start at once
+                     load_config(*tiny_config(data, tmp_path / "unused", *RESUME_OVERRIDES)).data.synthetic)
+    reference_log = open(tmp_path / "reference.log", "w")  # noqa: SIM115 - closed with the process
+    reference = subprocess.Popen(train_command(data, tmp_path / "reference"), stdout=subprocess.DEVNULL,
+                                 stderr=reference_log, env=ENV)
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(train_command(data, interrupted), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=ENV)
     state = wait_for_mid_epoch_checkpoint(interrupted / "last.pth", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
     assert not (interrupted / "results.json").exists()  # it really died before the end
     # training time carries over the resume: mark the checkpoint's share so the total must include it
     checkpoint = load_checkpoint(interrupted / "last.pth")
