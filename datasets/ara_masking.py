@@ -18,15 +18,12 @@ NEVER_MASKED_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID)
 
 
 def pack_candidate_groups(groups_per_sample: list[list[list[int]]], seq_len: int) -> torch.Tensor:
-    """Packs per-caption candidate groups into a (B, L) tensor of group ids.
+    """Packs per-caption candidate groups into (B, L) int64 group ids: position l of caption i holds the index
+    of its group within caption i, or −1. Empty groups are skipped, so every id is below L.
 
     Args:
         groups_per_sample: for each caption, its candidate groups, each a list of token positions.
         seq_len: L, the padded text length.
-
-    Returns:
-        (B, L) int64: position l of caption i holds the index of its group within caption i, or −1.
-        Empty groups are skipped, so every id is below L.
 
     Raises:
         ValueError: a position outside 0..L-1, or a position listed in two groups.
@@ -56,15 +53,13 @@ def mask_attribute_tokens(
     Positions holding a token of ``NEVER_MASKED_IDS`` stay unmasked even if a candidate list names
     them (so a buggy list can never mask ``[CLS]``/``[SEP]``/``[PAD]``/``[ENC]``/``[DEC]``).
 
+    Returns ``(masked_ids (B, L), labels (B, L))``: masked positions hold ``[MASK]`` in ``masked_ids`` and the
+    original id in ``labels``; every other label is −100.
+
     Args:
-        input_ids: (B, L) token ids.
         group_ids: (B, L) from :func:`pack_candidate_groups` (−1 = not a candidate, ids below L).
         prob: masking probability p of each group, in [0, 1].
         generator: random generator; the draws are made on its device (default: the ids' device).
-
-    Returns:
-        ``(masked_ids (B, L), labels (B, L))``: masked positions hold ``[MASK]`` in ``masked_ids``
-        and the original id in ``labels``; every other label is −100.
     """
     if input_ids.shape != group_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and group_ids {tuple(group_ids.shape)} differ")

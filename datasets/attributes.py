@@ -133,10 +133,7 @@ TAGGERS = {"nltk": NltkTagger, "textblob": TextBlobTagger, "lexicon": LexiconTag
 
 
 def build_tagger(name: str = "auto") -> AttributeTagger:
-    """Builds a tagger by name; ``auto`` tries nltk, then textblob, then the lexicon.
-
-    Args:
-        name: ``auto``, ``nltk``, ``textblob`` or ``lexicon``.
+    """Builds a tagger by name (``nltk``, ``textblob``, ``lexicon``); ``auto`` tries them in that order.
 
     Raises:
         ValueError: unknown name.
@@ -165,17 +162,14 @@ def build_tagger(name: str = "auto") -> AttributeTagger:
 
 def attribute_candidates(caption: str, tokenizer: Tokenizer, tagger: AttributeTagger, mode: str = "token",
                          max_len: int = MAX_TEXT_LEN) -> list[list[int]]:
-    """Token positions of the caption's attribute words (token mode) or phrases (phrase mode).
+    """Groups of token positions (in 1..max_len-2, in caption order, none empty) of the caption's attribute words
+    (token mode) or phrases (phrase mode).
 
     Args:
         caption: the caption exactly as it will be tokenized for training.
         tokenizer: the WordPiece tokenizer (``[CLS]`` at position 0).
-        tagger: any :class:`AttributeTagger`.
         mode: ``"token"`` (one group per attribute word) or ``"phrase"`` (one group per chunk).
         max_len: padded text length; positions beyond max_len-2 (cut by truncation) are dropped.
-
-    Returns:
-        Groups of positions in 1..max_len-2, in caption order, none empty.
     """
     if mode not in ("token", "phrase"):
         raise ValueError(f"unknown attribute mode {mode!r}; expected 'token' or 'phrase'")

@@ -12,12 +12,8 @@ SPLITLESS_ANNOTATION_FILE = "caption_all.json"
 
 
 def read_cuhk_pedes(dataset_dir: str | Path, check_images: bool = True) -> list[PersonRecord]:
-    """Reads CUHK-PEDES (also the format of the built-in synthetic dataset).
+    """Reads CUHK-PEDES (also the synthetic set's format); with ``check_images`` every listed image must exist."""
 
-    Args:
-        dataset_dir: the folder holding ``reid_raw.json`` and ``imgs/``.
-        check_images: when true, every listed image must exist.
-    """
     dataset_dir = Path(dataset_dir).resolve()
     if not (dataset_dir / ANNOTATION_FILE).is_file() and (dataset_dir / SPLITLESS_ANNOTATION_FILE).is_file():
         raise DataError(

@@ -24,10 +24,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompressio
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decodes the whole file and returns it upright as an 8-bit RGB image.
-
-    Args:
-        path: an image file in any format Pillow reads.
+    """Decodes the whole file (any format Pillow reads) and returns it upright as an 8-bit RGB image.
 
     Raises:
         DataError: the file is missing, is not an image, or cannot be fully decoded (e.g. truncated);

@@ -64,10 +64,8 @@ class TrainPairs(Dataset):
     augmentation and, independently, the ARA masking of that item.
 
     Args:
-        records: training records.
         transform: PIL image → (3, H, W) tensor.
         tokenizer: from ``datasets.tokenization.build_tokenizer``.
-        max_len: text length.
         captions: ``"first_two"`` (reference: the first two captions of each image) or ``"all"``.
         candidate_groups: optional function ``captions -> (N, L) long tensor`` of ARA group ids per caption
             (-1 = not a candidate); with it every item also carries ``ara_input_ids`` and ``ara_labels``.

@@ -60,10 +60,6 @@ def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
 
     Lower-cases, replaces each of ``. ! " ( ) * # : ; ~`` by a space, collapses runs of whitespace
     to one space, strips, and keeps the first ``max_words`` words.
-
-    Args:
-        text: the raw caption.
-        max_words: how many space-separated words to keep.
     """
     text = _PUNCTUATION.sub(" ", text.lower())
     words = _WHITESPACE.sub(" ", text).strip().split(" ")
@@ -76,12 +72,7 @@ def map_split(raw_split: str) -> str:
 
 
 def check_images_exist(records: Iterable[PersonRecord], annotation_file: str | Path) -> None:
-    """Raises :class:`DataError` unless every record's image is a file on disk.
-
-    Args:
-        records: the records to check.
-        annotation_file: the file the records came from, named in the message.
-    """
+    """Raises :class:`DataError` unless every record's image is a file on disk (naming ``annotation_file``)."""
     records = list(records)
     missing = [str(r.image_path) for r in records if not os.path.isfile(r.image_path)]
     if missing:
@@ -128,9 +119,7 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
     """Turns one raw JSON record into a :class:`PersonRecord`.
 
     Args:
-        record: the decoded JSON value of the record.
-        index: its 0-based position in the file's list, named in errors.
-        annotation_file: the file it came from, named in errors.
+        index: its 0-based position in the file's list, named in errors (as is ``annotation_file``).
         image_dir: the folder that the record's relative image path starts from.
         path_key: the key holding that relative path (``file_path`` or ``img_path``).
     """
@@ -180,7 +169,6 @@ def parse_annotation_file(annotation_file: str | Path, image_dir: str | Path, pa
     """Reads a per-image JSON annotation list into records, in file order.
 
     Args:
-        annotation_file: the JSON file (a list of records).
         image_dir: the folder the records' image paths are relative to.
         path_key: the record key holding the relative image path.
         check_images: when true, every image must exist (checked up front, not mid-epoch).
@@ -211,14 +199,10 @@ def log_summary(records: list[PersonRecord], source: str | Path) -> None:
 
 
 def locate_dataset_files(dataset_dir: str | Path, annotation_names: tuple[str, ...]) -> tuple[Path, Path]:
-    """Finds a dataset's annotation file and ``imgs/`` folder, failing with what to put where.
+    """Returns a dataset's absolute ``(annotation_file, image_dir)``, failing with what to put where.
 
     Args:
-        dataset_dir: the dataset's folder.
         annotation_names: accepted annotation file names, in order of preference.
-
-    Returns:
-        ``(annotation_file, image_dir)``, both absolute.
     """
     dataset_dir = Path(dataset_dir).resolve()
     expected = " or ".join(annotation_names)

@@ -26,12 +26,7 @@ DATASETS: dict[str, tuple[str, Reader]] = {
 
 
 def dataset_dir(name: str, data_root: str | Path) -> Path:
-    """The folder a registered dataset is read from: ``data_root / <its folder name>``.
-
-    Args:
-        name: a key of :data:`DATASETS`.
-        data_root: the folder holding one sub-folder per dataset.
-    """
+    """The folder dataset ``name`` (a key of :data:`DATASETS`) is read from: ``data_root / <its folder name>``."""
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
     return Path(data_root) / DATASETS[name][0]
@@ -39,11 +34,9 @@ def dataset_dir(name: str, data_root: str | Path) -> Path:
 
 def load_records(name: str, data_root: str | Path, check_images: bool = True,
                  synthetic: SyntheticConfig | None = None) -> list[PersonRecord]:
-    """Reads a registered dataset's records.
+    """Reads a registered dataset's records (``name`` and ``data_root`` as for :func:`dataset_dir`).
 
     Args:
-        name: a key of :data:`DATASETS`.
-        data_root: the folder holding one sub-folder per dataset.
         check_images: when true, every listed image must exist.
         synthetic: the ``data.synthetic`` settings; with them the synthetic folder is generated when missing
             and refused when it was generated with other settings (without them it is read as it is).
@@ -56,12 +49,7 @@ def load_records(name: str, data_root: str | Path, check_images: bool = True,
 
 def training_image_loader(name: str, data_root: str | Path, synthetic: SyntheticConfig | None = None) -> ImageLoader:
     """How a dataset's training photos are made: the file on disk, or for the synthetic set with
-    ``fresh_renders`` the recorded person drawn anew for every (epoch, sample).
-
-    Args:
-        name: a key of :data:`DATASETS`.
-        data_root: the folder holding one sub-folder per dataset.
-        synthetic: the ``data.synthetic`` settings.
+    ``fresh_renders`` the recorded person drawn anew for every (epoch, sample). Arguments as for :func:`load_records`.
     """
     if name == "synthetic" and synthetic is not None and synthetic.fresh_renders:
         return FreshRenders(dataset_dir(name, data_root))

@@ -10,11 +10,7 @@ ANNOTATION_FILE = "data_captions.json"
 
 
 def read_rstpreid(dataset_dir: str | Path, check_images: bool = True) -> list[PersonRecord]:
-    """Reads RSTPReid.
+    """Reads RSTPReid; with ``check_images`` every listed image must exist."""
 
-    Args:
-        dataset_dir: the folder holding ``data_captions.json`` and ``imgs/``.
-        check_images: when true, every listed image must exist.
-    """
     annotation_file, image_dir = locate_dataset_files(dataset_dir, (ANNOTATION_FILE,))
     return parse_annotation_file(annotation_file, image_dir, path_key="img_path", check_images=check_images)

@@ -26,7 +26,7 @@ ERASING_FILLS = {"mean": CLIP_MEAN, "zero": 0}
 def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool = True, pad: int = 10,
                           erasing: float = 0.5, resize: str = "bilinear",
                           erasing_fill: str = "mean") -> Callable[[Image.Image], torch.Tensor]:
-    """Builds the train or eval image transform.
+    """Builds the train or eval image transform: a picklable callable, PIL image (any mode) → float (3, H, W).
 
     Args:
         image_size: output ``(height, width)``; the image is resized to it (aspect ratio not kept).
@@ -37,9 +37,6 @@ def build_image_transform(image_size: tuple[int, int], train: bool, flip: bool =
         erasing: train only: probability of random erasing (scale 0.02–0.4 of the area); 0 disables it.
         resize: ``"bilinear"`` (reference) or ``"bicubic"`` interpolation of the resize.
         erasing_fill: ``"mean"`` (reference: the CLIP mean values) or ``"zero"`` for erased boxes.
-
-    Returns:
-        A picklable callable mapping a PIL image (any mode) to a float tensor of shape (3, H, W).
     """
     height, width = image_size
     if height <= 0 or width <= 0:

@@ -112,9 +112,8 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
                    drop: bool) -> tuple[dict[str, list[PersonRecord]], list[str]]:
     """Finds captions that are empty or only ``[UNK]``/punctuation; logs how many will be cut at ``max_len``.
 
-    Returns:
-        ``(splits, problems)``: with ``drop``, the splits less those captions (and records left with none)
-        and no problem; otherwise the splits unchanged and a problem message if any caption is bad.
+    Returns ``(splits, problems)``: with ``drop``, the splits less those captions (and records left with none)
+    and no problem; otherwise the splits unchanged and a problem message if any caption is bad.
     """
     owners = [(name, r) for name, part in splits.items() for r in part]
     captions = [c for _, r in owners for c in r.captions]
@@ -194,11 +193,8 @@ def _problems_in(paths: Sequence[Path]) -> list[tuple[Path, str]]:
 
 def check_images(paths: Sequence[Path], source: str, workers: int | None = None,
                  show_progress: bool = True) -> list[str]:
-    """Reads the header of every distinct image in ``paths`` on a thread pool, with a progress bar.
-
-    Returns:
-        One problem message naming the first few bad files and their count, or nothing.
-    """
+    """Reads the header of every distinct image in ``paths`` on a thread pool, with a progress bar; returns one
+    problem message naming the first few bad files and their count, or nothing."""
     unique = list(dict.fromkeys(paths))
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     tasks = [unique[i:i + _IMAGES_PER_TASK] for i in range(0, len(unique), _IMAGES_PER_TASK)]

@@ -61,17 +61,15 @@ def encode_images(model, batches: Iterable[torch.Tensor], device: torch.device, 
                   tokens_device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gallery-encoding loop, shared by evaluation and the folder index (:mod:`engine.folder_index`).
 
+    Returns ``(features, tokens)``: (G, E) fp32 L2-normalised features on the CPU and (G, 1+N, D) image tokens
+    (None when ``tokens_dtype`` is None); empty tensors when there is no batch.
+
     Args:
         model: a CADA model in eval mode, on ``device``.
         batches: (b, 3, H, W) image batches.
-        device: where the model runs.
         amp: autocast of the image encoder: ``off``, ``bf16`` or ``fp16``.
         tokens_dtype: dtype the image tokens are kept in (for re-ranking); None keeps none.
         tokens_device: where the image tokens are kept.
-
-    Returns:
-        ``(features, tokens)``: (G, E) fp32 L2-normalised features on the CPU and (G, 1+N, D) image tokens
-        (None when ``tokens_dtype`` is None); empty tensors when there is no batch.
     """
     features, tokens = [], []
     for images in batches:

@@ -86,8 +86,6 @@ class Explainer:
         model: the CADA model, in eval mode, on ``device``.
         tokenizer: from :func:`datasets.tokenization.build_tokenizer`.
         transform: the evaluation transform (PIL photo → (3, H, W)).
-        max_text_len: the model's text length.
-        device: where the model runs.
         with_decoder: also explain the ARA decoder (for models whose decoder was trained).
         layer: the text encoder's cross-attention layer (default :func:`engine.gradcam.default_layer`).
         decoder_layer: the decoder's (same default rule).

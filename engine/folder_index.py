@@ -42,10 +42,7 @@ class FolderIndex:
     """The encoded images of one folder, sorted by relative path.
 
     Attributes:
-        folder: the gallery folder.
-        files: relative POSIX paths of the indexed images.
-        sizes: file sizes in bytes, as indexed.
-        mtimes_ns: modification times in ns, as indexed.
+        files: relative POSIX paths of the indexed images; ``sizes`` (bytes) and ``mtimes_ns`` as indexed.
         features: (G, E) fp16 L2-normalised retrieval features.
         image_tokens: (G, 1 + N, D) fp16 image-encoder tokens.
         encoded: how many images the call that returned this index encoded (0: all from the cache).
@@ -117,17 +114,9 @@ def encode_files(model, paths: Sequence[Path], transform: Callable, device: torc
                  num_workers: int) -> tuple[list[int], torch.Tensor, torch.Tensor, list[str]]:
     """Encodes the readable images (:func:`engine.evaluator.encode_images`); collects the errors of the others.
 
-    Args:
-        model: a CADA model in eval mode.
-        paths: image files.
-        transform: PIL image → (3, H, W) tensor (the evaluation transform).
-        device: where the model runs.
-        batch_size: images per forward pass.
-        num_workers: image-decoding worker processes.
-
-    Returns:
-        ``(encoded, features, tokens, errors)``: positions in ``paths`` that were encoded, their (n, E)
-        fp16 features and (n, 1 + N, D) fp16 tokens on CPU, and one message per unreadable file.
+    Returns ``(encoded, features, tokens, errors)``: positions in ``paths`` that were encoded, their (n, E) fp16
+    features and (n, 1 + N, D) fp16 tokens on CPU, and one message per unreadable file. ``transform`` maps a PIL
+    image to (3, H, W) (the evaluation transform); ``model`` is a CADA model in eval mode.
     """
     encoded, errors = [], []
 
@@ -167,10 +156,8 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
 
     Args:
         model: the model the index belongs to (eval mode).
-        folder: the gallery folder.
         transform: the evaluation transform of ``model``.
         key: from :func:`index_key`; names the cache file.
-        device: where the model runs.
         batch_size: images per forward pass.
         num_workers: image-decoding worker processes.
         skip_bad_images: leave unreadable files out (counted and logged) instead of raising.

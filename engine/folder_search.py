@@ -51,15 +51,11 @@ class QueryResult:
 
 
 def load_search_model(checkpoint: str | Path, config_path: str | None = None, device: str | torch.device = "cpu"):
-    """Builds the model described by ``config_path`` or by the checkpoint's own config and loads it strictly.
+    """Returns ``(model in eval mode, config)``, built from ``config_path`` or the checkpoint's config, loaded strictly.
 
     Args:
         checkpoint: our checkpoint (carries its config), or a BLIP/CADA release with ``config_path``.
         config_path: YAML config for checkpoints without one.
-        device: where the model goes.
-
-    Returns:
-        ``(model in eval mode, config)``.
 
     Raises:
         models.checkpoint_import.CheckpointMismatchError: the weights do not fit the configured architecture.
@@ -86,14 +82,11 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
 
     Args:
         model: the model that built ``index`` (eval mode, on ``device``).
-        index: the folder's index.
         tokenizer: from :func:`datasets.tokenization.build_tokenizer`.
-        queries: free-text descriptions.
         topk: images returned per query (at most the folder's size).
         k_test: images re-ranked with the ITM logit.
         use_rerank: whether to run the second stage.
         max_text_len: token length of the model.
-        device: where the model runs.
         batch_size: queries per text-encoder pass and per ITM batch.
         amp: autocast of the query and ITM passes: ``off``, ``bf16`` or ``fp16`` (``eval.amp``).
     """
@@ -157,13 +150,11 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
                skip_bad_images: bool = False, index_dir: str | Path | None = None,
                grid_path: str | Path | None = None, explain: int = 0,
                ) -> tuple[FolderIndex, list[QueryResult], list[Path]]:
-    """Loads the model, indexes ``gallery`` (cached), ranks it for every query and draws the grid (and heatmaps).
+    """Loads the model, indexes ``gallery`` (cached), ranks it for every query and draws the grid (and heatmaps);
+    returns ``(index, results, written PNG paths)``, the grid first, then the heatmap panels.
 
     Args:
         checkpoint: model weights (see :func:`load_search_model`).
-        gallery: the folder of photos.
-        queries: descriptions to search for.
-        topk: images per query.
         config_path: YAML config for checkpoints that carry none.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         batch_size: images per encoder pass (and queries per text pass).
@@ -173,9 +164,6 @@ def run_search(checkpoint: str | Path, gallery: str | Path, queries: Sequence[st
         grid_path: PNG to draw the results into; None draws nothing.
         explain: per query, draw the per-word heatmaps of its top ``explain`` images
             (``<grid stem>_explain_<n>.png``, :func:`engine.explain.explain_search`).
-
-    Returns:
-        ``(index, results, written PNG paths)``: the grid first, then the heatmap panels.
     """
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

@@ -63,16 +63,13 @@ def to_grid(cams: torch.Tensor, image_size: Sequence[int], patch: int) -> torch.
 
 def itm_gradcam(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM of the ITM match logit per text position.
+    """Grad-CAM of the ITM match logit per text position: ``(cams (B, L, N), match logits (B,))``.
 
     Args:
         model: a CADA backbone in eval mode.
         image_embeds: (B, 1 + N, Dv) image tokens.
         input_ids: (B, L) ids whose first token is ``[ENC]``; attention_mask: (B, L).
         layer: the text encoder's cross-attention layer read.
-
-    Returns:
-        ``(cams (B, L, N), match logits (B,))``.
     """
     with kept_cross_attention(model.text_encoder, layer) as attention, torch.enable_grad():
         image_embeds = image_embeds.detach().requires_grad_()  # the graph reaches A even with frozen weights
@@ -84,15 +81,14 @@ def decoder_gradcam(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, 
                     word_positions: Sequence[Sequence[int]], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM of the ARA decoder predicting each word with that word masked (one masked word per row).
 
+    Returns ``(cams (W, N) summed over each word's positions, log-probability of each whole word (W,))``.
+
     Args:
         model: a CADA backbone in eval mode.
         image_embeds: (1, 1 + N, Dv) image tokens.
         input_ids: (1, L) caption ids as the decoder reads them (``[CLS]`` first); attention_mask: (1, L).
         word_positions: per explained word, its token positions (all masked together, as ARA masks a word).
         layer: the decoder's cross-attention layer read.
-
-    Returns:
-        ``(cams (W, N) summed over each word's positions, log-probability of each whole word (W,))``.
     """
     rows = len(word_positions)
     selected = torch.zeros(rows, input_ids.shape[1], dtype=torch.bool, device=input_ids.device)  # (W, L)

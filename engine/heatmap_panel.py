@@ -62,17 +62,13 @@ def overlay(photo: Image.Image, heatmap: torch.Tensor) -> Image.Image:
 
 def draw_panel(photo: Image.Image, title: str, text: str, rows: Sequence[tuple[str, Sequence[Cell]]],
                cell_size: tuple[int, int] = DEFAULT_CELL) -> Image.Image:
-    """Draws a title, the wrapped text, then each named row of cells (at most :data:`CELLS_PER_LINE` per line).
+    """An RGB image: a title, the wrapped text (the caption), then each named row of cells (at most
+    :data:`CELLS_PER_LINE` per line).
 
     Args:
         photo: the image the heatmaps are about.
-        title: first header line.
-        text: the caption.
         rows: ``(row name, cells)``; each row's cells wrap onto further lines.
         cell_size: (H, W) each image is fitted into.
-
-    Returns:
-        An RGB image.
     """
     font = default_font()
     line = line_height(font)

@@ -46,7 +46,7 @@ class RerankResult(NamedTuple):
 
 
 def topk_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k highest scores of each row, descending, ties resolved towards the lower gallery index.
+    """``(values, indices)``, both (c, min(k, G)): each row's k highest scores, descending, ties to the lower index.
 
     ``torch.topk`` picks an unspecified subset among values tied with the k-th, so it is only used to find
     the k-th value; the set is then rebuilt as every score above it plus the lowest-indexed equal ones.
@@ -54,9 +54,6 @@ def topk_candidates(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     Args:
         scores: (c, G) scores, no NaN.
         k: number of candidates; values above G are clamped to G.
-
-    Returns:
-        ``(values, indices)``, both (c, min(k, G)).
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be (c, G), got shape {tuple(scores.shape)}")
@@ -92,7 +89,7 @@ def rerank(
     batch_queries: int = 16,
     query_order: torch.Tensor | None = None,
 ) -> RerankResult:
-    """Re-ranks each row's top-k by cosine with ``cos + ITM logit``; the rest keep their cosine order.
+    """Re-ranks each row's top-k by ``cos + ITM logit``, the rest in cosine order; the scores sort into the ranking.
 
     Args:
         scores: (c, G) cosine scores of c queries against the gallery (a chunk from
@@ -100,15 +97,10 @@ def rerank(
         k: candidates re-scored per query (k_test); clamped to G.
         match_logits: ``f(query_index (n,) long, gallery_index (n, k) long) -> (n, k)`` ITM match-class
             logits; query indices are global (``query_offset`` + row), tensors on the device of ``scores``.
-            Called once per group of at most ``batch_queries`` queries.
         query_offset: global index of the first row of ``scores``.
         batch_queries: queries per ``match_logits`` call.
-        query_order: (c,) permutation of the rows: groups are consecutive runs of this order (e.g. rows
-            sorted by caption length, so that a group's captions are trimmed to similar lengths).
-            None groups rows in order. The result does not depend on it.
-
-    Returns:
-        A ``RerankResult``; its ``scores`` sort (stable, descending) into the final ranking.
+        query_order: (c,) permutation of the rows whose consecutive runs form the groups (e.g. by caption
+            length, so that a group's captions trim to similar lengths); None keeps row order. Result unchanged.
     """
     if batch_queries < 1:
         raise ValueError(f"batch_queries must be >= 1, got {batch_queries}")
@@ -144,11 +136,10 @@ def rerank(
 
 def candidate_match_logits(match_logits: MatchLogits, candidate_indices: torch.Tensor, query_offset: int,
                            batch_queries: int, query_order: torch.Tensor | None) -> torch.Tensor:
-    """(c, k) fp32 ITM logits of each row's candidates (c, k), from one ``match_logits`` call per group of at
-    most ``batch_queries`` rows taken in ``query_order`` (see :func:`rerank`).
+    """(c, k) fp32 ITM logits of the candidates, one ``match_logits`` call per group (see :func:`rerank`).
 
-    The indices are copied to the host once, so that grouping them reads nothing back from the device; each
-    call gets host index tensors."""
+    The indices are copied to the host once, so that grouping reads nothing back from the device."""
+
     num_rows, k = candidate_indices.shape
     device = candidate_indices.device
     host_candidates = candidate_indices.cpu()  # (c, k), the one read-back of the chunk

@@ -54,9 +54,7 @@ def write_results(results: dict, config: Config, checkpoint: str | Path, output_
 
     Args:
         results: output of :func:`engine.evaluator.evaluate`.
-        config: the resolved config of the run.
         checkpoint: the evaluated checkpoint file (hashed into the record).
-        output_dir: where the files go.
         dataset: the evaluated set; when given, ``per_query_<stage>.csv`` files are written too.
     """
     output_dir = Path(output_dir)
@@ -95,7 +93,6 @@ def write_per_query_csv(per_query: dict, dataset: RetrievalSet, path: str | Path
         per_query: ``results['<stage>_per_query']`` (``first_positive_rank``, ``average_precision``,
             ``inverse_negative_penalty``, ``top_indices``).
         dataset: the evaluated set, in the query order of ``per_query``.
-        path: the CSV file to write.
     """
     ranks = per_query["first_positive_rank"].tolist()
     if len(ranks) != len(dataset.query_texts):
@@ -138,9 +135,6 @@ def compare_results(paths: Sequence[str | Path]) -> str:
 
     Columns: run (the results folder), dataset, split, checkpoint hash, stage, then R1/R5/R10/mAP/mINP in
     percent. The image-to-text direction, when a run has it, is its own stage row.
-
-    Args:
-        paths: ``results.json`` files.
     """
     if not paths:
         raise ValueError("compare_results needs at least one results.json")

@@ -34,7 +34,6 @@ class StepGuard:
 
     Args:
         max_nonfinite_steps: how many steps with a non-finite loss are skipped before the run stops.
-        device: where the losses live.
         output_dir: the run folder, named in the messages.
     """
 

@@ -54,13 +54,7 @@ def line_height(font=None) -> int:
 
 @dataclass(frozen=True)
 class RowLayout:
-    """Pixel geometry of one query row (see the module docstring).
-
-    Args:
-        slots: image cells per row.
-        cell_size: (H, W) of each image.
-        line: height of one text line.
-    """
+    """Pixel geometry of one query row (see the module docstring); ``cell_size`` is (H, W) of each image."""
 
     slots: int
     cell_size: tuple[int, int]
@@ -149,15 +143,11 @@ def draw_query_row(title: str, text: str, images: Sequence[Image.Image], scores:
 
 
 def save_pages(rows: Sequence[Image.Image], path: str | Path, rows_per_page: int = ROWS_PER_PAGE) -> list[Path]:
-    """Stacks equal-sized rows into pages of at most ``rows_per_page`` and writes them as PNG.
+    """Stacks equal-sized rows into pages of at most ``rows_per_page``, writes them as PNG, returns their paths.
 
     Args:
         rows: rows from :func:`draw_query_row`, all of one size.
         path: the PNG path; with several pages they are named ``<stem>_01<suffix>``, ``<stem>_02<suffix>``, ...
-        rows_per_page: bounds each page's height.
-
-    Returns:
-        The written paths.
     """
     if not rows:
         raise ValueError("no rows to draw")
@@ -198,11 +188,7 @@ def select_queries(first_positive_rank: torch.Tensor, count: int, mode: str, see
         count: how many queries (``random``, ``worst``); clamped to Q.
         mode: ``random`` (seeded, returned in ascending order), ``worst`` (largest first-positive rank
             first, ties to the lower query index) or ``ids`` (exactly ``ids``, in the given order).
-        seed: seed of the ``random`` draw.
         ids: query indices for ``ids`` mode.
-
-    Returns:
-        Query indices.
     """
     check_selection(mode, ids)
     num_queries = first_positive_rank.numel()
@@ -228,7 +214,7 @@ def header_title(query_index: int, pid: int, stage: str, first_positive_rank: in
 def write_query_grids(per_query: dict[str, torch.Tensor], dataset: RetrievalSet, query_ids: Sequence[int],
                       output_path: str | Path, stage: str, cell_size: tuple[int, int] = DEFAULT_CELL,
                       slots: int = DEFAULT_SLOTS, rows_per_page: int = ROWS_PER_PAGE) -> list[Path]:
-    """Draws the chosen queries of one evaluation stage with green/red frames from the person ids.
+    """Draws the chosen queries of one evaluation stage with green/red frames; returns the written paths.
 
     Args:
         per_query: ``results['<stage>_per_query']`` of :func:`engine.evaluator.evaluate`
@@ -239,10 +225,6 @@ def write_query_grids(per_query: dict[str, torch.Tensor], dataset: RetrievalSet,
         stage: stage name shown in each title.
         cell_size: (H, W) of each image.
         slots: images per query (the first ``slots`` of ``top_indices``).
-        rows_per_page: queries per PNG.
-
-    Returns:
-        The written paths.
     """
     rows = []
     for q in query_ids:

@@ -26,11 +26,9 @@ class CADA(CADABackbone):
     """The CADA model. ``forward(batch)`` returns ``{name: scalar loss}`` for the enabled losses.
 
     Args:
-        spec: module sizes (see :mod:`models.registry`).
-        image_size: (H, W) of input images.
+        spec, image_size, decoder_causal, grad_checkpointing: as for :class:`CADABackbone`.
         objective: the ``loss`` section of the config; a term is computed when its weight is positive
             (the weights themselves are applied by the caller).
-        decoder_causal, grad_checkpointing: as for :class:`CADABackbone`.
     """
 
     def __init__(self, spec: ModelSpec, image_size: tuple[int, int], objective: LossConfig | None = None,

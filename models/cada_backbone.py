@@ -58,13 +58,9 @@ class CADABackbone(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     first_token_only: bool = False) -> torch.Tensor:
-        """Text-mode states (B, L, Dt): bidirectional, no cross-attention.
+        """Text-mode states (B, L, Dt) of (B, L) ids starting with ``[CLS]``: bidirectional, no cross-attention.
 
-        Args:
-            input_ids: (B, L) ids starting with ``[CLS]``.
-            attention_mask: (B, L), 1 for real tokens.
-            first_token_only: return (B, 1, Dt), the [CLS] state alone, skipping the last layer's other
-                positions (all :meth:`project_text` reads).
+        With ``first_token_only``, (B, 1, Dt): the [CLS] state alone (all :meth:`project_text` reads).
         """
         return self.text_encoder(input_ids, attention_mask, first_token_only=first_token_only)
 
@@ -83,7 +79,6 @@ class CADABackbone(nn.Module):
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
-            attention_mask: (B, L), 1 for real tokens.
             image_embeds: (B, 1 + N, Dv) image tokens paired row by row with the texts, or with
                 ``image_index`` (B,) the (U, 1 + N, Dv) distinct images that row b takes as ``image_index[b]``.
         """
@@ -103,8 +98,8 @@ class CADABackbone(nn.Module):
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
-            attention_mask: (B, L), 1 for real tokens.
-            image_embeds: (B, 1 + N, Dv) image tokens, or (U, 1 + N, Dv) distinct images indexed by
+            image_embeds: (B, 1 + N, Dv) image tokens, or
+ (U, 1 + N, Dv) distinct images indexed by
                 ``image_index`` (B,) (see :meth:`fuse`).
             length: the longest caption if known (e.g. from the host copy of the mask); None reads it from the mask.
         """

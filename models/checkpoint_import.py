@@ -85,12 +85,8 @@ def _square_grid(num_patches: int) -> tuple[int, int] | None:
 
 def _resize_pos_embed(pos_embed: torch.Tensor, model_shape: torch.Size, target_grid: tuple[int, int] | None,
                       source_grid: tuple[int, int] | None) -> tuple[torch.Tensor, tuple | None]:
-    """Interpolates the table to ``target_grid`` when its shape or grid differs; leaves it alone when
-    the widths differ (reported as a shape mismatch).
-
-    Returns:
-        (the table, (source grid, target grid) when it was resized, else None).
-    """
+    """Returns (the table, (source grid, target grid) or None), resized when its shape or grid differs but
+    not when the widths do (reported as a shape mismatch)."""
     if pos_embed.ndim != 3 or len(model_shape) != 3 or pos_embed.shape[2] != model_shape[2]:
         return pos_embed, None
     target_grid = tuple(target_grid) if target_grid is not None else _square_grid(model_shape[1] - 1)
@@ -133,17 +129,13 @@ def stored_patch_grid(checkpoint: dict, key_map: KeyMap = BLIP_KEY_MAP) -> tuple
 def remap_state_dict(state_dict: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor],
                      target_grid: tuple[int, int] | None = None, source_grid: tuple[int, int] | None = None,
                      key_map: KeyMap = BLIP_KEY_MAP) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Applies ``key_map`` to a checkpoint's state dict; does not check completeness.
+    """Applies ``key_map`` (no completeness check); returns (tensors by model key, dropped checkpoint keys).
 
     Args:
         state_dict: checkpoint tensors by checkpoint key.
         model_state: the model's ``state_dict()`` (only shapes are read).
         target_grid: the model's ViT patch grid (H/p, W/p); None infers a square one.
         source_grid: the checkpoint's patch grid; None infers a square one (BLIP's 14x14).
-        key_map: drop and rename rules.
-
-    Returns:
-        (tensors by model key, dropped checkpoint keys).
     """
     mapped: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
@@ -198,7 +190,6 @@ def load_pretrained(model: nn.Module, path: str | Path, allow_missing: tuple[str
             initial values and are logged. Extend it for heads that are new in this project.
         source_grid: the checkpoint's patch grid; None takes it from our checkpoints' stored config, else
             assumes a square one (BLIP's and the CADA release's 14x14).
-        key_map: drop and rename rules.
         checkpoint: the file's content when the caller has already read it (each file is read once).
 
     Raises:

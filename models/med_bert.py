@@ -28,9 +28,7 @@ class MultiHeadAttention(nn.Module):
 
     Args:
         width: query/output width D (a multiple of ``heads``).
-        heads: attention heads.
-        context_width: width of the keys/values' source (D for self-attention, the image width for
-            cross-attention).
+        context_width: width of the keys/values' source (D, or the image width for cross-attention).
         dropout: dropout on attention probabilities while training.
     """
 
@@ -201,11 +199,8 @@ class MedBert(nn.Module):
     Args:
         vocab_size: vocabulary size (30,524 with ``[DEC]``/``[ENC]``).
         width: hidden width D.
-        num_layers: number of layers.
-        heads: attention heads.
         ffn: feed-forward hidden width.
         image_width: width of the image tokens that cross-attention reads (may differ from D).
-        max_positions: absolute positions.
         dropout: hidden and attention-probability dropout.
         grad_checkpointing: recompute layers in the backward pass while training.
     """
@@ -226,17 +221,14 @@ class MedBert(nn.Module):
             input_ids: (B, L) token ids.
             attention_mask: (B, L), 1 for real tokens, 0 for padding (keys only; padded queries still
                 get outputs, which callers ignore).
-            image_embeds: (B, S, Dv) image tokens for cross-attention; None selects the text mode, which
-                skips cross-attention entirely.
+            image_embeds: (B, S, Dv) image tokens for cross-attention; None selects the text mode.
             image_mask: (B, S), 1 for image tokens to attend to; None attends to all.
             causal: position t attends only to positions <= t (the decoder's self-attention).
-            image_index: (B,) long or None. When given, ``image_embeds`` (U, S, Dv) holds U distinct
-                images and row b cross-attends to image ``image_index[b]``; each layer projects the
-                keys and values of each distinct image once (re-ranking shares them between queries).
-                ``image_mask``, if given, is then (U, S).
-            first_token_only: compute the last layer for position 0 alone, for callers that read only the
-                first token ([CLS] features, the ITM logit): the same states as the full pass's first row
-                (up to float rounding), since every earlier layer still runs on every position.
+            image_index: (B,) long or None. When given, ``image_embeds`` (U, S, Dv) and ``image_mask``
+                (U, S) hold U distinct images, row b cross-attends to image ``image_index[b]``, and each
+                layer projects each image's keys and values once (re-ranking shares them between queries).
+            first_token_only: compute the last layer for position 0 alone ([CLS] features, the ITM logit):
+                the full pass's first row up to float rounding, as earlier layers run on every position.
         """
         if first_token_only and causal:
             raise ValueError("first_token_only is for bidirectional passes; the causal decoder reads every position")
@@ -321,12 +313,5 @@ class TextDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
                 image_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns vocabulary logits (B, L, V) for (B, L) ids grounded on (B, S, Dv) image tokens.
-
-        Args:
-            input_ids: (B, L) token ids.
-            attention_mask: (B, L), 1 for real tokens.
-            image_embeds: (B, S, Dv) image tokens.
-            image_mask: (B, S) or None (attend to all image tokens).
-        """
+        """Returns vocabulary logits (B, L, V); arguments as for :meth:`MedBert.forward`."""
         return self.cls(self.hidden_states(input_ids, attention_mask, image_embeds, image_mask))

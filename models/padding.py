@@ -25,17 +25,13 @@ def longest_caption(attention_mask: torch.Tensor) -> int:
 
 def trim_to_longest(ids: torch.Tensor, mask: torch.Tensor, *others: torch.Tensor,
                     length: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Cuts (B, L) ``ids``, ``mask`` and any other (B, L, ...) tensors to the longest caption's length.
+    """Cuts (B, L) ``ids``, ``mask`` (1 for real tokens) and any other (B, L, ...) tensors to the longest caption's
+    length: ``(ids, mask, *others)`` as (B, L') views with L' <= L, no copy.
 
     Args:
-        ids: (B, L) token ids.
-        mask: (B, L) attention mask, 1 for real tokens.
         others: more tensors aligned with ``ids`` on dimension 1 (e.g. labels).
         length: the length to keep if already known (e.g. computed on the CPU copy of the batch);
             None computes it from ``mask``.
-
-    Returns:
-        ``(ids, mask, *others)`` cut to (B, L') with L' <= L; views, no copy.
     """
     keep = longest_caption(mask) if length is None else length
     if keep >= ids.shape[1]:

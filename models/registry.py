@@ -16,14 +16,10 @@ class ModelSpec:
     """Sizes of every module in :class:`models.cada_backbone.CADABackbone`.
 
     Args:
-        vision_patch: ViT patch side in pixels.
-        vision_width: ViT token width (MLP hidden is 4x).
-        vision_depth: number of ViT blocks.
-        vision_heads: ViT attention heads.
-        text_width: MED BERT hidden width (encoder and decoder).
-        text_layers: MED BERT encoder layers.
-        text_heads: MED BERT attention heads.
-        text_ffn: MED BERT feed-forward hidden width.
+        vision_patch, vision_width, vision_depth, vision_heads: ViT patch side in pixels, token width (MLP
+            hidden is 4x), blocks and attention heads.
+        text_width, text_layers, text_heads, text_ffn: MED BERT hidden width (encoder and decoder), encoder
+            layers, attention heads and feed-forward hidden width.
         decoder_layers: layers of the separate text decoder stack (ARA).
         max_positions: absolute text positions.
         vocab_size: WordPiece vocabulary incl. ``[DEC]`` and ``[ENC]``.
@@ -57,10 +53,7 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Returns the spec registered under ``name``.
-
-    Args:
-        name: a key of :data:`MODELS`.
+    """Returns the spec registered under ``name`` (a key of :data:`MODELS`).
 
     Raises:
         KeyError: for an unknown name; the message lists the known ones.

@@ -21,10 +21,7 @@ class ImageEncoder(VisionTransformer):
 
     Args:
         image_size: (H, W) of the input images, both divisible by ``patch_size``.
-        patch_size: patch side in pixels.
         width: token width; the MLP hidden width is ``4 * width``.
-        depth: number of transformer blocks.
-        heads: attention heads.
         grad_checkpointing: recompute each block in the backward pass (timm's checkpointing).
     """
 
@@ -52,15 +49,13 @@ class ImageEncoder(VisionTransformer):
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
                           old_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """Resizes a ViT position table to another patch grid (bicubic), keeping the [CLS] row.
+    """Resizes a ViT position table to another patch grid (bicubic), keeping the [CLS] row: a (1, 1 + h * w, D)
+    table in the input's dtype, or the input itself when the grid is unchanged.
 
     Args:
         pos_embed: (1, 1 + h0 * w0, D) table, [CLS] row first, patches row-major.
         new_grid: target grid (h, w).
         old_grid: source grid (h0, w0); ``None`` means square (h0 = w0 = sqrt of the patch count).
-
-    Returns:
-        (1, 1 + h * w, D) table in the input's dtype; the input itself when the grid is unchanged.
     """
     num_patches = pos_embed.shape[1] - 1
     if old_grid is None:

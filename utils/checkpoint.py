@@ -53,10 +53,7 @@ class _ErrorKeepingFile:
 
 
 def save_atomic(state: dict, path: str | Path) -> None:
-    """Writes ``state`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    The rename is the only step that touches ``path``: a crash, a kill or a failed write leaves the
-    previous file intact. On failure the temp file is removed.
+    """Writes ``state`` to ``path`` via a temp file in the same folder (removed on failure) and ``os.replace``.
 
     Raises:
         CheckpointError: the write failed (disk full, no permission, I/O error); names the path, the cause
@@ -96,13 +93,7 @@ def _free_space(folder: Path) -> str:
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Deletes ``.NAME.tmp-PID`` files in ``folder`` left by writers that are no longer running.
-
-    Temp files of live processes (another run still saving) are kept.
-
-    Returns:
-        The removed files.
-    """
+    """Deletes and returns the ``.NAME.tmp-PID`` files in ``folder`` whose writers no longer run (live ones stay)."""
     folder = Path(folder)
     removed = []
     for candidate in sorted(folder.glob(".*.tmp-*")) if folder.is_dir() else []:
@@ -133,7 +124,6 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
     """Opens a checkpoint (tensors and plain Python only: ``weights_only``).
 
     Args:
-        path: the ``.pth`` file.
         required: top-level keys the caller needs (see :func:`require_keys`).
 
     Raises:
@@ -162,13 +152,8 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
 
 
 def require_keys(checkpoint, required: Iterable[str], path: str | Path) -> None:
-    """Raises :class:`CheckpointError` unless ``checkpoint`` is a dict holding every key in ``required``.
-
-    Args:
-        checkpoint: what :func:`load_checkpoint` returned.
-        required: the top-level keys the caller reads, e.g. ``("model", "optimizer", "train_state")``.
-        path: the file, for the message.
-    """
+    """Raises :class:`CheckpointError` (naming ``path``) unless ``checkpoint`` is a dict holding every key in
+    ``required``, the top-level keys the caller reads, e.g. ``("model", "optimizer", "train_state")``."""
     required = list(required)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"foreign checkpoint {path}: found a {type(checkpoint).__name__}, "
@@ -245,14 +230,11 @@ def gather_rng_states(device: torch.device) -> list[dict[str, torch.Tensor]]:
 
 
 def resume_rng_states(saved, device: torch.device, seed: int, step: int) -> bool:
-    """Restores this rank's generators from a checkpoint's ``rng`` list, or re-seeds them when it cannot.
+    """Restores this rank's generators from a checkpoint's ``rng`` list (returns True), or re-seeds them (False).
 
     Exact only with the same number of processes on the same kind of device. Otherwise (another world size,
     CPU vs CUDA, an older format) the run continues, since batches, sampler position and weights do not
     depend on the process count, with fresh streams seeded from (``seed``, ``step``, rank), and says so.
-
-    Returns:
-        Whether the states were restored exactly.
     """
     current = rng_state(device)
     world, rank = get_world_size(), get_rank()

@@ -20,26 +20,11 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from utils.config_schema import (  # noqa: F401  (re-exported: the config tree is used through this module)
-    ARALossConfig,
-    ATPLossConfig,
-    Config,
-    DataConfig,
-    EvalConfig,
-    GlobalLossConfig,
-    ITMLossConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    Range,
-    SyntheticConfig,
-    TrainConfig,
-)
+# re-exported: the config tree is used through this module
+from utils.config_schema import Config, EvalConfig, LossConfig, Range, SyntheticConfig  # noqa: F401
 from utils.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
 _ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 

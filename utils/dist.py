@@ -64,7 +64,6 @@ def resolve_device(device: str, local_rank: int, world_size: int) -> torch.devic
         device: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` (GPU ``LOCAL_RANK`` under torchrun, else GPU 0)
             or ``cuda:N`` (GPU N, one process only).
         local_rank: this process's index on its machine (torchrun's ``LOCAL_RANK``).
-        world_size: processes in the job.
 
     Raises:
         ConfigError: CUDA asked for (or NVIDIA devices present under ``auto``) but unusable, ``cuda:N`` under
@@ -153,9 +152,8 @@ class _AllGatherWithGrad(torch.autograd.Function):
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates ``tensor`` (B, ...) from every rank along dim 0, keeping gradients (identity at world 1).
 
-    Every rank must pass the same shape. The backward all-reduces, so each rank's loss may use the full
-    gathered batch and the gradients match one process holding the global batch (with the loss averaged
-    over ranks by DDP).
+    Every rank must pass the same shape. The backward all-reduces, so each rank's loss may use the full gathered
+    batch and the gradients match one process holding the global batch (with the loss averaged by DDP).
     """
     if get_world_size() == 1:
         return tensor
@@ -176,11 +174,8 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenates ``tensor`` (n_r, ...) from every rank along dim 0 when n_r differs by rank (identity at
-    world 1); the result is on ``tensor``'s device, in its dtype.
-
-    Moved as tensors (no pickling): each rank's shard, padded to the largest n_r, lands in one preallocated
-    (world x max n_r, ...) buffer on the collective's device; padding rows, if any, are dropped with one copy.
-    """
+    world 1), on ``tensor``'s device. Each shard, padded to the largest n_r, lands in one (world x max n_r, ...)
+    buffer on the collective's device (no pickling); padding rows are dropped with one copy."""
     if get_world_size() == 1:
         return tensor
     device, world = collective_device(), get_world_size()
@@ -200,8 +195,7 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
 def all_gather_object(obj) -> list:
     """Gathers a plain, picklable Python value from every rank (a one-element list at world 1).
 
-    Tensors do not belong here (their storages fail to unpickle on the receiving rank): use the gathers above.
-    """
+    Not for tensors (their storages fail to unpickle on the receiving rank): use the gathers above."""
     if get_world_size() == 1:
         return [obj]
     gathered = [None] * get_world_size()

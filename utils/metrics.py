@@ -8,18 +8,12 @@ With positives at 1-based ranks r_1 < ... < r_P:
     AP   = (1/P) Σ_j j / r_j                 (precision at each positive, over the full ranking)
     INP  = P / r_P                           (inverse negative penalty; mINP = mean INP)
 
-Memory bound. Queries are processed in chunks of c rows against all G gallery items.
-``RetrievalMetrics.update`` holds, besides the caller's (c, G) score chunk, at most the stable sort's values
-(4 bytes per entry) and int64 order (8); after the sort, the order and two boolean match masks (8 + 1 + 1):
-extra ≈ 12·c·G bytes, plus O(c) vectors and O(#positives) index lists. ``iter_similarity_chunks`` keeps one
-fp32 copy of the normalised gallery (4·G·D bytes) and yields fresh (c, G) fp32 chunks of 4·c·G bytes (two
-are alive while a loop variable still holds the previous chunk). The global stage thus needs
-≈ 20·c·G + 4·G·D bytes: at G = 19,848, D = 256 and the default c = 448, ≈ 170 MiB + 19 MiB.
-``benchmarks/eval_memory.py`` measured a 210 MiB peak above the features (271 MiB with the re-ranking stage)
-against ≈ 12,900 MiB (extrapolated) for the full-matrix approach. The default also keeps each fp32 chunk
-above glibc's 32 MiB mmap threshold at that G: smaller chunks fragmented the heap and peaked higher
-(266 MiB at c = 384).
-Per-query results (O(Q)) are kept for error analysis.
+Memory bound, for chunks of c queries against G gallery items: ``RetrievalMetrics.update`` needs, besides the
+(c, G) score chunk, at most the sort's values and int64 order, then the order and two bool masks: ≈ 12·c·G bytes.
+``iter_similarity_chunks`` keeps the fp32 normalised gallery (4·G·D) and yields (c, G) fp32 chunks, two alive at
+once: ≈ 20·c·G + 4·G·D bytes in all, ≈ 170 + 19 MiB at G = 19,848, D = 256, c = 448 (``benchmarks/eval_memory.py``
+measured a 210 MiB peak, against ≈ 12,900 MiB for the full matrix). c = 448 also keeps each chunk above glibc's
+32 MiB mmap threshold at that G: smaller chunks fragmented the heap and peaked higher (266 MiB at c = 384).
 """
 from __future__ import annotations
 
@@ -42,14 +36,11 @@ def _as_pid_vector(pids, name: str) -> torch.Tensor:
 
 
 def count_positives(query_pids, gallery_pids) -> torch.Tensor:
-    """Counts, for every query, the gallery items that share its person id.
+    """(Q,) int64 counts, on the device of ``query_pids``, of the gallery items that share each query's person id.
 
     Args:
         query_pids: (Q,) integer person ids of the queries.
         gallery_pids: (G,) integer person ids of the gallery.
-
-    Returns:
-        (Q,) int64 counts, on the device of ``query_pids``.
     """
     query_pids = _as_pid_vector(query_pids, "query_pids")
     gallery_pids = _as_pid_vector(gallery_pids, "gallery_pids").to(query_pids.device)
@@ -64,9 +55,7 @@ def count_positives(query_pids, gallery_pids) -> torch.Tensor:
 def chance_r1(query_pids, gallery_pids) -> float:
     """Expected R@1 (percent) of a uniformly random ranking: mean over queries of |positives| / G.
 
-    Args:
-        query_pids: (Q,) integer person ids of the queries.
-        gallery_pids: (G,) integer person ids of the gallery.
+    Args as for :func:`count_positives`.
     """
     gallery_size = _as_pid_vector(gallery_pids, "gallery_pids").numel()
     if gallery_size == 0:
@@ -82,8 +71,7 @@ def iter_similarity_chunks(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yields cosine similarities of text queries against all gallery images, a chunk of queries at a time.
 
-    Features may be fp16/bf16; normalisation and the product are done in fp32. Text chunks are moved to the
-    device of ``image_feats``.
+    Normalisation and the product are done in fp32, on the device of ``image_feats``.
 
     Args:
         text_feats: (Q, D) query embeddings.

@@ -68,11 +68,8 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        """Creates the lock file, taking over a stale one.
-
-        Raises:
-            RunFolderError: another live process (or one on another host) holds it.
-        """
+        """Creates the lock file, taking over a stale one; :class:`RunFolderError` if another live process (or
+        one on another host) holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         owner = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -123,10 +120,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def training_differences(stored: dict, current: dict) -> list[str]:
-    """``"key: stored X, now Y"`` for each setting that changes training and differs (config dicts).
+    """``"key: stored X, now Y"`` for each setting that changes training and differs (config dicts); keys present
+    on one side only (a config written by another code version) are not compared."""
 
-    Keys present on one side only (a config written by another code version) are not compared.
-    """
     old, new = flatten(stored), flatten(current)
     return [f"{key}: stored {old[key]!r}, now {new[key]!r}" for key in new
             if key.split(".")[0] in COMPARED_SECTIONS and key not in FREE_KEYS and key in old and old[key] != new[key]]

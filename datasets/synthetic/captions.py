@@ -32,11 +32,7 @@ MIN_MENTIONS, MAX_MENTIONS = 3, 6
 
 
 def sample_mentions(rng: np.random.Generator) -> tuple[str, ...]:
-    """A random subset of 3–6 attribute kinds, in :data:`ATTRIBUTE_KINDS` order.
-
-    Args:
-        rng: the random generator.
-    """
+    """A random subset of 3–6 attribute kinds, in :data:`ATTRIBUTE_KINDS` order."""
     count = int(rng.integers(MIN_MENTIONS, MAX_MENTIONS + 1))
     chosen = set(rng.choice(len(ATTRIBUTE_KINDS), size=count, replace=False).tolist())
     return tuple(kind for i, kind in enumerate(ATTRIBUTE_KINDS) if i in chosen)
@@ -96,7 +92,6 @@ def describe(person: Identity, rng: np.random.Generator, kinds: Sequence[str] | 
 
     Args:
         person: the identity as seen in the image (its ``bag_side`` must match the image).
-        rng: the random generator for wording.
         kinds: the attribute kinds to mention; ``None`` draws them with :func:`sample_mentions`. The
             person's gender is always stated (noun and pronouns); ``"person"`` adds the build.
     """

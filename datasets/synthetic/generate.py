@@ -71,9 +71,7 @@ def generate_dataset(out_dir: str | Path, train_ids: int, val_ids: int, test_ids
 
     Args:
         out_dir: the dataset folder to create (the registry reads ``<data_root>/synthetic-pedes``).
-        train_ids: number of training identities.
-        val_ids: number of val identities.
-        test_ids: number of test identities.
+        train_ids, val_ids, test_ids: number of identities of each split.
         seed: the random seed; it fixes every byte of the output.
         images_per_id: images per identity (each gets 2 captions).
         image_size: ``(height, width)`` of the images.

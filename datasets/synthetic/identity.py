@@ -109,12 +109,8 @@ def sample_identity(rng: np.random.Generator) -> Identity:
 
 
 def sample_identities(rng: np.random.Generator, count: int) -> list[Identity]:
-    """Draws ``count`` identities whose described attributes are pairwise different.
+    """Draws ``count`` identities whose described attributes are pairwise different."""
 
-    Args:
-        rng: the random generator.
-        count: how many identities.
-    """
     identities: list[Identity] = []
     seen: set[tuple] = set()
     for _ in range(50 * count + 100):

@@ -106,12 +106,9 @@ def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict[str, 
 
 
 def oracle_table(dataset_dir: str | Path, split: str = "test") -> str:
-    """The oracle's metrics on one split of a generated folder, as a markdown table with the chance R1.
+    """The oracle's metrics on one split (``val`` or ``test``) of a generated folder, as a markdown table with
+    the chance R1."""
 
-    Args:
-        dataset_dir: the synthetic folder.
-        split: ``val`` or ``test``.
-    """
     records = [r for r in read_cuhk_pedes(dataset_dir) if r.split == split]
     if not records:
         raise DataError(f"{dataset_dir}: the {split} split has no records")

@@ -18,12 +18,9 @@ CHECKED_SETTINGS = ("train_ids", "val_ids", "test_ids", "seed", "images_per_id")
 
 
 def ensure_generated(folder: str | Path, settings: SyntheticConfig) -> None:
-    """Generates the synthetic set into ``folder`` unless it is there, then refuses one made with other settings.
+    """Generates the synthetic set into ``folder`` (``<data.root>/synthetic-pedes``) unless it is there, then
+    refuses one made with other ``settings`` (the ``data.synthetic`` section)."""
 
-    Args:
-        folder: the synthetic dataset folder (``<data.root>/synthetic-pedes``).
-        settings: the ``data.synthetic`` section.
-    """
     folder = Path(folder)
 
     def generate_if_missing() -> None:

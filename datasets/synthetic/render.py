@@ -94,7 +94,7 @@ def render_person(identity: Identity, rng: np.random.Generator, size: tuple[int,
 
     Args:
         identity: the person; a bag on their ``left`` appears on the image's right (they face the camera).
-        rng: the random generator for background, placement, lighting and occlusion.
+        rng: draws background, placement, lighting and occlusion.
         size: output ``(height, width)`` in pixels.
     """
     return _render(identity, rng, size, with_regions=False)[0]

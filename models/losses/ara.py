@@ -14,14 +14,12 @@ from utils.vocab import IGNORE_INDEX
 
 
 def ara_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over masked positions, predicted at their own positions (no shift).
+    """Mean cross-entropy over masked positions, predicted at their own positions (no shift); exactly 0 (finite
+    zero gradient, no NaN) when nothing is masked.
 
     Args:
         logits: (B, L, V) decoder vocabulary logits.
         labels: (B, L) original ids at masked positions, −100 elsewhere.
-
-    Returns:
-        Scalar loss; exactly 0 (finite zero gradient, no NaN) when nothing is masked.
     """
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be (B, L, V) and labels (B, L); got {tuple(logits.shape)} "

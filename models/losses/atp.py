@@ -46,7 +46,6 @@ def atp_group_features(
         attention_mask: (N, L) 1 for real tokens, 0 for padding.
         mode: ``"reference"`` (fixed position windows) or ``"adaptive"`` (per-sample split of the
             valid tokens, padding always masked).
-        groups: number of groups G.
         mask_padding: reference mode only: average over real tokens instead of all positions.
 
     Returns:
@@ -84,15 +83,12 @@ def atp_group_features(
 
 def atp_loss_reference(group_logits: torch.Tensor, labels: torch.Tensor,
                        group_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy over every (sample, group): each group carries its sample's match label.
+    """Mean cross-entropy over every (valid) (sample, group): each group carries its sample's match label.
 
     Args:
         group_logits: (N, G, 2) ``itm_local_head`` logits; with N = 3b and G = 2 this is CE over 6b.
         labels: (N,) 1 for positive pairs, 0 for negatives.
         group_valid: optional (N, G) bool; invalid groups are left out of the mean.
-
-    Returns:
-        Scalar mean cross-entropy over the (valid) groups.
     """
     if group_logits.ndim != 3 or group_logits.shape[2] != 2 or labels.shape != group_logits.shape[:1]:
         raise ValueError(f"group_logits must be (N, G, 2) and labels (N,); got {tuple(group_logits.shape)} "
@@ -123,16 +119,13 @@ class AdaptiveATP(nn.Module):
 
     def forward(self, group_feats: torch.Tensor, group_valid: torch.Tensor, labels: torch.Tensor,
                 local_head: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """Computes L_atp = mean_n CE(Σ_g w_ng z_ng, c_n).
+        """Returns ``(L_atp, group_weights (N, G))``, L_atp = mean_n CE(Σ_g w_ng z_ng, c_n); weights for logging.
 
         Args:
             group_feats: (N, G, D) from :func:`atp_group_features` (``mode='adaptive'``).
             group_valid: (N, G) bool; every sample needs at least one valid group.
             labels: (N,) 1 for positive pairs, 0 for negatives.
             local_head: the model's ``itm_local_head`` (D → 2).
-
-        Returns:
-            ``(loss, group_weights (N, G))``; the weights are returned for logging.
         """
         if group_valid.shape != group_feats.shape[:2] or labels.shape != group_feats.shape[:1]:
             raise ValueError(f"group_valid must be (N, G) and labels (N,) for group_feats "

@@ -30,7 +30,8 @@ def global_alignment_loss(
     eps: float = 1e-8,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
-    """Symmetric KL + soft-label cross-entropy alignment over a (global) batch of pairs.
+    """Symmetric KL + soft-label cross-entropy alignment over a (global) batch of pairs: the fp32 scalar L_glb
+    (S computed in fp32 even inside ``torch.autocast``).
 
     Args:
         image_feats: (B, D) L2-normalised image embeddings; row i pairs with text row i.
@@ -39,9 +40,6 @@ def global_alignment_loss(
         scale: fixed logit scale s (reference 50 = 1 / 0.02).
         eps: ε added to the target distribution inside the logarithms.
         weights: (forward KL, reverse KL, cross-entropy) term weights.
-
-    Returns:
-        Scalar fp32 loss L_glb; S is computed in fp32 even inside ``torch.autocast``.
     """
     if image_feats.ndim != 2 or image_feats.shape != text_feats.shape:
         raise ValueError(f"image_feats {tuple(image_feats.shape)} and text_feats {tuple(text_feats.shape)} "

@@ -27,18 +27,13 @@ def itm_similarities(
     global_text_proj: torch.Tensor | None = None,
     temp: float = 0.07,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selection scores for hard negatives, without gradient.
+    """Selection scores ``(sim_t2i, sim_i2t)`` for hard negatives, each (b, Bg), in fp32 and without gradient.
 
     Args:
         image_proj: (b, D) local image projections (unnormalised in the reference).
         text_proj: (b, D) local text projections.
-        global_image_proj: (Bg, D) image projections of the global batch; None means the local batch
-            (single process).
+        global_image_proj: (Bg, D) image projections of the global batch; None means the local batch.
         global_text_proj: (Bg, D) text projections of the global batch; None means the local batch.
-        temp: temperature τ.
-
-    Returns:
-        ``(sim_t2i, sim_i2t)``, each (b, Bg), computed in fp32 even inside ``torch.autocast``.
     """
     global_image_proj = image_proj if global_image_proj is None else global_image_proj
     global_text_proj = text_proj if global_text_proj is None else global_text_proj
@@ -57,7 +52,8 @@ def select_hard_negatives(
     mode: str = "argmax",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Picks one negative image per local text and one negative text per local image.
+    """Returns ``(neg_image_index, neg_text_index)``, (b,) int64 indices into the global batch: one negative
+    image per local text and one negative text per local image.
 
     Same-identity entries are masked with −inf before the argmax or softmax, so a negative never
     shares the anchor's identity, even when every softmax weight of a row would underflow.
@@ -70,9 +66,6 @@ def select_hard_negatives(
         mode: ``"argmax"`` (reference: the hardest negative) or ``"multinomial"`` (BLIP: sampled
             from the softmax over the allowed entries).
         generator: random generator for ``"multinomial"``; must live on the sims' device.
-
-    Returns:
-        ``(neg_image_index, neg_text_index)``, each (b,) int64 indices into the global batch.
 
     Raises:
         ValueError: on bad shapes or an unknown mode.
@@ -104,14 +97,11 @@ def _pick(masked_sims: torch.Tensor, mode: str, generator: torch.Generator | Non
 
 
 def itm_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the match head: positives labelled 1, negatives 0, mean over all rows.
+    """Cross-entropy of the match head, ``(1 / (b + n)) Σ CE(logits, [1]*b + [0]*n)``.
 
     Args:
         pos_logits: (b, 2) ``itm_head`` logits of the positive pairs.
         neg_logits: (n, 2) logits of the negative pairs (2b in the reference).
-
-    Returns:
-        Scalar ``(1 / (b + n)) Σ CE(logits, [1]*b + [0]*n)``.
     """
     if pos_logits.ndim != 2 or pos_logits.shape[1] != 2 or neg_logits.ndim != 2 or neg_logits.shape[1] != 2:
         raise ValueError(f"ITM logits must be (n, 2); got pos {tuple(pos_logits.shape)}, "
