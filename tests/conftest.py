@@ -1,12 +1,34 @@
-"""Shared test fixtures: a tiny model trained once per session on a tiny synthetic set (tests/configs/tiny.yaml)."""
+"""Shared test fixtures: a tiny model trained once per session on a tiny synthetic set (tests/configs/tiny.yaml).
+
+``scripts/test.bash`` runs the suite in parallel processes (pytest-xdist, ``--dist loadgroup``): each test module
+stays in one process, so its module fixtures are built once; the two modules that hold a full-size model share a
+process, so that two such models (~10 GB each) never coexist; the longest modules are handed out first.
+"""
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+FULL_SIZE_MODULES = ("test_release_parity", "test_release_grads")
+# about a minute or more each on two CPU cores, longest first; the other modules follow in file order
+LONGEST_MODULES = ("test_retrieve_trained", "test_benchmarks", "test_distributed_training", "test_resume",
+                   *FULL_SIZE_MODULES, "test_faults", "test_distributed")
+
+
+def pytest_collection_modifyitems(items):
+    """One xdist group per module (the full-size ones together), the longest modules first."""
+    def module(item) -> str:
+        return item.module.__name__.rsplit(".", 1)[-1]
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("full_size" if module(item) in FULL_SIZE_MODULES else module(item)))
+    items.sort(key=lambda item: LONGEST_MODULES.index(module(item)) if module(item) in LONGEST_MODULES
+               else len(LONGEST_MODULES))  # stable: file order otherwise
 
 
 @pytest.fixture(autouse=True)
