@@ -1,8 +1,7 @@
 """Shared test fixtures: a tiny model trained once per session on a tiny synthetic set (tests/configs/tiny.yaml).
 
-``scripts/test.bash`` runs the suite in parallel processes (pytest-xdist, ``--dist loadgroup``): each test module
-stays in one process, so its module fixtures are built once; the two modules that hold a full-size model share a
-process, so that two such models (~10 GB each) never coexist; the longest modules are handed out first.
+``scripts/test.bash`` runs the suite in one process per core (pytest-xdist, ``--dist loadfile``): each test module
+stays in one process, so its module fixtures are built once, and the longest modules are handed out first.
 """
 import logging
 import os
@@ -14,21 +13,18 @@ import torch
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
-FULL_SIZE_MODULES = ("test_release_parity", "test_release_grads")
 # about a minute or more each on two CPU cores, longest first; the other modules follow in file order
-LONGEST_MODULES = ("test_retrieve_trained", "test_benchmarks", "test_distributed_training", "test_resume",
-                   *FULL_SIZE_MODULES, "test_faults", "test_distributed")
+LONGEST_MODULES = ("test_retrieve_trained", "test_benchmarks", "test_distributed_training", "test_release_grads",
+                   "test_resume", "test_faults", "test_distributed")
 
 
 def pytest_collection_modifyitems(items):
-    """One xdist group per module (the full-size ones together), the longest modules first."""
+    """The longest modules first, the others in file order."""
     def module(item) -> str:
         return item.module.__name__.rsplit(".", 1)[-1]
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("full_size" if module(item) in FULL_SIZE_MODULES else module(item)))
     items.sort(key=lambda item: LONGEST_MODULES.index(module(item)) if module(item) in LONGEST_MODULES
-               else len(LONGEST_MODULES))  # stable: file order otherwise
+               else len(LONGEST_MODULES))
 
 
 @pytest.fixture(autouse=True)

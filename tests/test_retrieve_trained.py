@@ -17,14 +17,14 @@ COLOUR_KINDS = ("upper_colour", "lower_colour", "shoes_colour")
 
 @pytest.fixture(scope="module")
 def search_model(tmp_path_factory) -> Path:
-    """The default synthetic recipe for 7 epochs with the global alignment alone (~4 CPU minutes, cosine ranking).
+    """The default synthetic recipe for 5 epochs with the global alignment alone (~3 CPU minutes, cosine ranking).
 
     The full objective's ITM head is still weak after a CPU-sized run, so this model ranks by cosine only.
     """
     root = tmp_path_factory.mktemp("search")
     train(load_config("configs/synthetic.yaml", [
         f"data.root={root / 'data'}", f"train.output_dir={root / 'run'}", "loss.itm.weight=0", "loss.atp.weight=0",
-        "loss.ara.weight=0", "eval.rerank=false", "train.epochs=7", "train.eval_every=7",
+        "loss.ara.weight=0", "eval.rerank=false", "train.epochs=5", "train.eval_every=5",
         "data.synthetic.train_ids=420"]))
     return root
 
