@@ -98,8 +98,7 @@ class CADABackbone(nn.Module):
 
         Args:
             input_ids: (B, L) ids whose first token is ``[ENC]``.
-            image_embeds: (B, 1 + N, Dv) image tokens, or
- (U, 1 + N, Dv) distinct images indexed by
+            image_embeds: (B, 1 + N, Dv) image tokens, or (U, 1 + N, Dv) distinct images indexed by
                 ``image_index`` (B,) (see :meth:`fuse`).
             length: the longest caption if known (e.g. from the host copy of the mask); None reads it from the mask.
         """
