@@ -18,15 +18,9 @@ NEVER_MASKED_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID)
 
 
 def pack_candidate_groups(groups_per_sample: list[list[list[int]]], seq_len: int) -> torch.Tensor:
-    """Packs per-caption candidate groups into (B, L) int64 group ids: position l of caption i holds the index
-    of its group within caption i, or −1. Empty groups are skipped, so every id is below L.
-
-    Args:
-        groups_per_sample: for each caption, its candidate groups, each a list of token positions.
-        seq_len: L, the padded text length.
-
-    Raises:
-        ValueError: a position outside 0..L-1, or a position listed in two groups.
+    """Packs per-caption candidate groups (lists of token positions) into (B, L) int64 group ids: position l of
+    caption i holds the index of its group within caption i, or −1. Empty groups are skipped, so every id is
+    below L = ``seq_len``. Raises ValueError for a position outside 0..L-1 or listed in two groups.
     """
     group_ids = torch.full((len(groups_per_sample), seq_len), -1, dtype=torch.long)
     for sample, groups in enumerate(groups_per_sample):
@@ -42,24 +36,19 @@ def pack_candidate_groups(groups_per_sample: list[list[list[int]]], seq_len: int
     return group_ids
 
 
-def mask_attribute_tokens(
-    input_ids: torch.Tensor,
-    group_ids: torch.Tensor,
-    prob: float,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks whole candidate groups, one Bernoulli(prob) draw per (sample, group).
+def mask_attribute_tokens(input_ids: torch.Tensor, group_ids: torch.Tensor, prob: float,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks whole candidate groups, one Bernoulli(prob) draw per (sample, group), prob in [0, 1].
 
     Positions holding a token of ``NEVER_MASKED_IDS`` stay unmasked even if a candidate list names
     them (so a buggy list can never mask ``[CLS]``/``[SEP]``/``[PAD]``/``[ENC]``/``[DEC]``).
 
-    Returns ``(masked_ids (B, L), labels (B, L))``: masked positions hold ``[MASK]`` in ``masked_ids`` and the
-    original id in ``labels``; every other label is −100.
-
     Args:
         group_ids: (B, L) from :func:`pack_candidate_groups` (−1 = not a candidate, ids below L).
-        prob: masking probability p of each group, in [0, 1].
-        generator: random generator; the draws are made on its device (default: the ids' device).
+        generator: the draws are made on its device (default: the ids' device).
+
+    Returns ``(masked_ids (B, L), labels (B, L))``: masked positions hold ``[MASK]`` in ``masked_ids`` and the
+    original id in ``labels``; every other label is −100.
     """
     if input_ids.shape != group_ids.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and group_ids {tuple(group_ids.shape)} differ")

@@ -20,12 +20,12 @@ from typing import Protocol
 
 from tokenizers import Tokenizer
 
-from utils.vocab import CLS_ID, DEC_ID, ENC_ID, MASK_ID, MAX_TEXT_LEN, PAD_ID, SEP_ID, UNK_ID
+from datasets.ara_masking import NEVER_MASKED_IDS
+from utils.vocab import MAX_TEXT_LEN
 
 logger = logging.getLogger(__name__)
 
 ATTRIBUTE_TAGS = frozenset({"JJ", "NN", "NNS", "NNP", "NNPS"})
-SPECIAL_IDS = frozenset({PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, DEC_ID, ENC_ID})
 # A word keeps inner hyphens/apostrophes/slashes ("t-shirt", "man's"); other punctuation stands alone.
 WORD_PATTERN = re.compile(r"\w+(?:[-'’/]\w+)*|[^\w\s]")
 # One letter per tag for the chunk grammar: J = JJ, C = CC, N = NN/NNP, S = NNS/NNPS, x = other.
@@ -63,12 +63,10 @@ ADJECTIVE_SUFFIXES = ("length", "ish")  # shoulder-length, knee-length; greenish
 
 
 class LexiconTagger:
-    """Curated lexicon of person-description words: colours, garments, accessories, hair, build.
+    """Curated lexicon of person-description words; deterministic: the fallback tagger and the test fixture.
 
-    Lexicon adjectives → JJ, nouns → NN, their regular plurals and plural-only nouns → NNS,
-    hyphenated words by their last part (or JJ for ``-ed``/``-length`` compounds), and → CC,
-    punctuation → itself, everything else → ``XX`` (not an attribute). Deterministic: the fallback
-    tagger and the test fixture.
+    Lexicon adjectives → JJ, nouns → NN, their regular plurals and plural-only nouns → NNS, hyphenated words
+    by their last part (or JJ for ``-ed``/``-length`` compounds), and → CC, punctuation → itself, else ``XX``.
     """
 
     def __init__(self) -> None:
@@ -139,37 +137,25 @@ def build_tagger(name: str = "auto") -> AttributeTagger:
         ValueError: unknown name.
         RuntimeError: a named tagger whose package or data is missing.
     """
-    if name == "auto":
-        for candidate in ("nltk", "textblob"):
-            try:
-                tagger = TAGGERS[candidate]()
-            except (ImportError, LookupError) as error:
-                logger.info("attribute tagger %s unavailable (%s)", candidate, type(error).__name__)
-                continue
-            logger.info("attribute tagger: %s", candidate)
-            return tagger
-        logger.info("attribute tagger: lexicon")
-        return LexiconTagger()
-    if name not in TAGGERS:
+    if name != "auto" and name not in TAGGERS:
         raise ValueError(f"unknown attribute tagger {name!r}; expected one of auto, {', '.join(TAGGERS)}")
-    try:
-        tagger = TAGGERS[name]()
-    except (ImportError, LookupError) as error:
-        raise RuntimeError(f"attribute tagger {name!r} is unavailable offline: {error}") from error
-    logger.info("attribute tagger: %s", name)
-    return tagger
+    for candidate in TAGGERS if name == "auto" else (name,):  # the lexicon tagger, last, never fails
+        try:
+            tagger = TAGGERS[candidate]()
+        except (ImportError, LookupError) as error:
+            if name != "auto":
+                raise RuntimeError(f"attribute tagger {name!r} is unavailable offline: {error}") from error
+            logger.info("attribute tagger %s unavailable (%s)", candidate, type(error).__name__)
+            continue
+        logger.info("attribute tagger: %s", candidate)
+        return tagger
+    raise AssertionError("unreachable: the lexicon tagger always builds")
 
 
 def attribute_candidates(caption: str, tokenizer: Tokenizer, tagger: AttributeTagger, mode: str = "token",
                          max_len: int = MAX_TEXT_LEN) -> list[list[int]]:
     """Groups of token positions (in 1..max_len-2, in caption order, none empty) of the caption's attribute words
-    (token mode) or phrases (phrase mode).
-
-    Args:
-        caption: the caption exactly as it will be tokenized for training.
-        tokenizer: the WordPiece tokenizer (``[CLS]`` at position 0).
-        mode: ``"token"`` (one group per attribute word) or ``"phrase"`` (one group per chunk).
-        max_len: padded text length; positions beyond max_len-2 (cut by truncation) are dropped.
+    (``mode="token"``) or phrases (``mode="phrase"``); ``caption`` exactly as it will be tokenized for training.
     """
     if mode not in ("token", "phrase"):
         raise ValueError(f"unknown attribute mode {mode!r}; expected 'token' or 'phrase'")
@@ -184,7 +170,7 @@ def attribute_candidates(caption: str, tokenizer: Tokenizer, tagger: AttributeTa
     encoding = tokenizer.encode(caption)
     for position, (token_id, word_id, (start, _)) in enumerate(
             zip(encoding.ids, encoding.word_ids, encoding.offsets)):
-        if word_id is None or position == 0 or position > max_len - 2 or token_id in SPECIAL_IDS:
+        if word_id is None or position == 0 or position > max_len - 2 or token_id in NEVER_MASKED_IDS:
             continue
         word = bisect.bisect_right(word_starts, start) - 1
         if word >= 0 and start < matches[word].end():

@@ -13,7 +13,6 @@ SPLITLESS_ANNOTATION_FILE = "caption_all.json"
 
 def read_cuhk_pedes(dataset_dir: str | Path, check_images: bool = True) -> list[PersonRecord]:
     """Reads CUHK-PEDES (also the synthetic set's format); with ``check_images`` every listed image must exist."""
-
     dataset_dir = Path(dataset_dir).resolve()
     if not (dataset_dir / ANNOTATION_FILE).is_file() and (dataset_dir / SPLITLESS_ANNOTATION_FILE).is_file():
         raise DataError(

@@ -11,6 +11,5 @@ ANNOTATION_FILES = ("ICFG-PEDES.json", "ICFG_PEDES.json")
 
 def read_icfg_pedes(dataset_dir: str | Path, check_images: bool = True) -> list[PersonRecord]:
     """Reads ICFG-PEDES; with ``check_images`` every listed image must exist."""
-
     annotation_file, image_dir = locate_dataset_files(dataset_dir, ANNOTATION_FILES)
     return parse_annotation_file(annotation_file, image_dir, path_key="file_path", check_images=check_images)

@@ -26,9 +26,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompressio
 def load_rgb(path: str | Path) -> Image.Image:
     """Decodes the whole file (any format Pillow reads) and returns it upright as an 8-bit RGB image.
 
-    Raises:
-        DataError: the file is missing, is not an image, or cannot be fully decoded (e.g. truncated);
-            the message names the file and what went wrong.
+    Raises DataError naming the file when it is missing, not an image, or cannot be fully decoded (truncated).
     """
     path = Path(path)
     if not path.is_file():
@@ -43,15 +41,13 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts an image of any mode to 8-bit RGB (module-level, so transforms using it pickle).
-
-    Args:
-        image: a decoded PIL image.
-    """
+    """Converts a decoded image of any mode to 8-bit RGB (module-level, so transforms using it pickle)."""
     if image.mode == "RGB":
         return image
-    if image.mode in WIDE_GREY_MODES:
-        return _wide_grey_to_8_bit(image).convert("RGB")
+    if image.mode in WIDE_GREY_MODES:  # 16-bit (or 32-bit integer holding 16-bit) grey, rounded to nearest
+        values = np.asarray(image).astype(np.int64).clip(0, _MAX_16_BIT)  # (H, W)
+        scaled = (values * 255 + _MAX_16_BIT // 2) // _MAX_16_BIT
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")  # via mode L
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -59,10 +55,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def _wide_grey_to_8_bit(image: Image.Image) -> Image.Image:
-    """Scales 16-bit (or 32-bit integer holding 16-bit) grey to mode ``L``, rounding to nearest."""
-    values = np.asarray(image).astype(np.int64).clip(0, _MAX_16_BIT)  # (H, W)
-    scaled = (values * 255 + _MAX_16_BIT // 2) // _MAX_16_BIT
-    return Image.fromarray(scaled.astype(np.uint8))  # mode L

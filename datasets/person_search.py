@@ -45,8 +45,8 @@ def split_records(records: Sequence[PersonRecord], val_from_train: float = 0.0,
 def stream_seeds(sample_seed: int, streams: int) -> list[int]:
     """Independent seeds for a sample's random streams (augmentation, ARA masking), from one seed.
 
-    Seeding two generators with the same number would tie their draws together (e.g. a word masked
-    exactly when the image is flipped); drawing the seeds from a generator seeded once keeps them apart.
+    Seeding two generators with the same number would tie their draws together (e.g. a word masked exactly
+    when the image is flipped); drawing the seeds from a generator seeded once keeps them apart.
     """
     generator = torch.Generator().manual_seed(sample_seed)
     return torch.randint(2**62, (streams,), generator=generator).tolist()
@@ -65,7 +65,6 @@ class TrainPairs(Dataset):
 
     Args:
         transform: PIL image → (3, H, W) tensor.
-        tokenizer: from ``datasets.tokenization.build_tokenizer``.
         captions: ``"first_two"`` (reference: the first two captions of each image) or ``"all"``.
         candidate_groups: optional function ``captions -> (N, L) long tensor`` of ARA group ids per caption
             (-1 = not a candidate); with it every item also carries ``ara_input_ids`` and ``ara_labels``.
@@ -130,14 +129,10 @@ class RetrievalSet:
         if not records:
             raise ValueError("no records for this split: nothing to evaluate")
         keep = CAPTION_PROTOCOLS[captions]
-        texts, pids, owner = [], [], []
-        for i, record in enumerate(records):
-            for caption in record.captions[:keep]:
-                texts.append(caption)
-                pids.append(record.person_id)
-                owner.append(i)
-        return cls([r.image_path for r in records], torch.tensor([r.person_id for r in records]), texts,
-                   torch.tensor(pids), torch.tensor(owner))
+        owner = [i for i, record in enumerate(records) for _ in record.captions[:keep]]
+        return cls([r.image_path for r in records], torch.tensor([r.person_id for r in records]),
+                   [c for r in records for c in r.captions[:keep]], torch.tensor([records[i].person_id for i in owner]),
+                   torch.tensor(owner))
 
 
 class GalleryImages(Dataset):

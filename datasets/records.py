@@ -1,10 +1,8 @@
 """The common record type of all person-retrieval datasets and the JSON record parser they share.
 
-CUHK-PEDES, ICFG-PEDES and RSTPReid all ship one JSON list with one record per image
-(``id``, an image path relative to ``imgs/``, ``captions``, ``split``). Each reader only names its
-files and path key; validation, caption cleaning and the split mapping live here, so every format
-fails the same way: a :class:`~utils.errors.DataError` naming the file, the record index and what was expected.
-Captions are only cleaned here; whether they still say anything is checked by ``datasets.validation``.
+CUHK-PEDES, ICFG-PEDES and RSTPReid all ship one JSON list with one record per image (``id``, an image path
+relative to ``imgs/``, ``captions``, ``split``). Parsing lives here so every format fails the same way: a
+:class:`~utils.errors.DataError` naming the file, the record index and what was expected.
 """
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,29 +35,17 @@ class DatasetFormatError(DataError):
 
 @dataclass(frozen=True)
 class PersonRecord:
-    """One image of one person with its captions.
+    """One image of one person with its cleaned captions (at least one; one may be empty until validated)."""
 
-    Attributes:
-        image_path: absolute path of the image file.
-        person_id: the raw person id from the annotation file, as ``int``.
-        captions: the cleaned captions of this image (at least one; one may be empty until validated).
-        split: ``'train'``, ``'val'`` or ``'test'``.
-        regions: the optional part regions and the parts caption words name (:mod:`datasets.regions`).
-    """
-
-    image_path: Path
-    person_id: int
+    image_path: Path  # absolute
+    person_id: int  # the raw id from the annotation file
     captions: tuple[str, ...]
-    split: str
-    regions: PartRegions | None = None
+    split: str  # 'train', 'val' or 'test'
+    regions: PartRegions | None = None  # optional part regions (datasets.regions)
 
 
 def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
-    """Normalises a caption the way the reference does before tokenization.
-
-    Lower-cases, replaces each of ``. ! " ( ) * # : ; ~`` by a space, collapses runs of whitespace
-    to one space, strips, and keeps the first ``max_words`` words.
-    """
+    """Lower-cases, replaces ``. ! " ( ) * # : ; ~`` by spaces, collapses whitespace and keeps ``max_words`` words."""
     text = _PUNCTUATION.sub(" ", text.lower())
     words = _WHITESPACE.sub(" ", text).strip().split(" ")
     return " ".join(words[:max_words])
@@ -69,17 +54,6 @@ def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
 def map_split(raw_split: str) -> str:
     """Maps a raw split value as IRRA does: ``'train'`` and ``'test'`` stay, anything else is ``'val'``."""
     return raw_split if raw_split in ("train", "test") else "val"
-
-
-def check_images_exist(records: Iterable[PersonRecord], annotation_file: str | Path) -> None:
-    """Raises :class:`DataError` unless every record's image is a file on disk (naming ``annotation_file``)."""
-    records = list(records)
-    missing = [str(r.image_path) for r in records if not os.path.isfile(r.image_path)]
-    if missing:
-        shown = ", ".join(missing[:_MISSING_SHOWN])
-        raise DataError(
-            f"{len(missing)} of {len(records)} images listed in {annotation_file} are missing on disk; "
-            f"first {min(len(missing), _MISSING_SHOWN)}: {shown}")
 
 
 def read_utf8(path: Path) -> str:
@@ -95,34 +69,13 @@ def read_utf8(path: Path) -> str:
                         f"re-save it as UTF-8") from error
 
 
-def load_json_list(annotation_file: Path) -> list:
-    """Reads a JSON file whose top level must be a list, with errors that name the file."""
-    text = read_utf8(annotation_file)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from error
-    except RecursionError as error:
-        raise DatasetFormatError(f"{annotation_file}: not valid JSON (nested too deeply)") from error
-    if not isinstance(data, list):
-        raise DatasetFormatError(
-            f"{annotation_file}: expected a JSON list of records at the top level, got {type(data).__name__}")
-    return data
-
-
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN] + "..."
 
 
 def parse_record(record: object, index: int, annotation_file: Path, image_dir: Path, path_key: str) -> PersonRecord:
-    """Turns one raw JSON record into a :class:`PersonRecord`.
-
-    Args:
-        index: its 0-based position in the file's list, named in errors (as is ``annotation_file``).
-        image_dir: the folder that the record's relative image path starts from.
-        path_key: the key holding that relative path (``file_path`` or ``img_path``).
-    """
+    """Turns raw JSON record number ``index`` into a :class:`PersonRecord`; its image path is under ``path_key``."""
     where = f"{annotation_file}: record {index}"
     if not isinstance(record, dict):
         raise DatasetFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -131,9 +84,9 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
             raise DatasetFormatError(f"{where}: missing key '{key}' (has {sorted(record)})")
 
     raw_id = record["id"]
-    if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
-        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}")
     try:
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+            raise ValueError(raw_id)
         person_id = int(raw_id)
     except ValueError as error:
         raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}") from error
@@ -169,13 +122,20 @@ def parse_annotation_file(annotation_file: str | Path, image_dir: str | Path, pa
     """Reads a per-image JSON annotation list into records, in file order.
 
     Args:
-        image_dir: the folder the records' image paths are relative to.
-        path_key: the record key holding the relative image path.
+        image_dir: the folder the records' image paths (under ``path_key``) are relative to.
         check_images: when true, every image must exist (checked up front, not mid-epoch).
     """
     annotation_file = Path(annotation_file).resolve()
     image_dir = Path(image_dir).resolve()
-    raw_records = load_json_list(annotation_file)
+    try:
+        raw_records = json.loads(read_utf8(annotation_file))
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise DatasetFormatError(f"{annotation_file}: not valid JSON (nested too deeply)") from error
+    if not isinstance(raw_records, list):
+        raise DatasetFormatError(
+            f"{annotation_file}: expected a JSON list of records at the top level, got {type(raw_records).__name__}")
     if not raw_records:
         raise DatasetFormatError(f"{annotation_file}: the record list is empty")
     records = [parse_record(r, i, annotation_file, image_dir, path_key) for i, r in enumerate(raw_records)]
@@ -183,26 +143,22 @@ def parse_annotation_file(annotation_file: str | Path, image_dir: str | Path, pa
     if unusual_splits:
         logger.warning("%s: split values %s are not train/val/test; treated as 'val'",
                        annotation_file, dict(unusual_splits))
-    if check_images:
-        check_images_exist(records, annotation_file)
-    log_summary(records, annotation_file)
-    return records
-
-
-def log_summary(records: list[PersonRecord], source: str | Path) -> None:
-    """Logs ids / images / captions per split, the statistics IRRA prints."""
-    for split in SPLITS:
+    missing = [str(r.image_path) for r in records if not os.path.isfile(r.image_path)] if check_images else []
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(records)} images listed in {annotation_file} are missing on disk; "
+            f"first {min(len(missing), _MISSING_SHOWN)}: {', '.join(missing[:_MISSING_SHOWN])}")
+    for split in SPLITS:  # the statistics IRRA prints
         subset = [r for r in records if r.split == split]
-        ids = len({r.person_id for r in subset})
-        captions = sum(len(r.captions) for r in subset)
-        logger.info("%s %s: %d ids, %d images, %d captions", source, split, ids, len(subset), captions)
+        logger.info("%s %s: %d ids, %d images, %d captions", annotation_file, split,
+                    len({r.person_id for r in subset}), len(subset), sum(len(r.captions) for r in subset))
+    return records
 
 
 def locate_dataset_files(dataset_dir: str | Path, annotation_names: tuple[str, ...]) -> tuple[Path, Path]:
     """Returns a dataset's absolute ``(annotation_file, image_dir)``, failing with what to put where.
 
-    Args:
-        annotation_names: accepted annotation file names, in order of preference.
+    ``annotation_names`` are the accepted annotation file names, in order of preference.
     """
     dataset_dir = Path(dataset_dir).resolve()
     expected = " or ".join(annotation_names)

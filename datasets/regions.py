@@ -54,17 +54,11 @@ def decode_mask(runs: str, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PartRegions:
-    """The parsed ``regions`` field of one record.
+    """The parsed ``regions`` field of one record."""
 
-    Attributes:
-        size: (H, W) of the masks (the image's size).
-        runs: part name → run-length encoded mask.
-        caption_words: cleaned caption → the part each of its words names (None: no part).
-    """
-
-    size: tuple[int, int]
-    runs: dict[str, str]
-    caption_words: dict[str, tuple[str | None, ...]]
+    size: tuple[int, int]  # (H, W) of the masks (the image's size)
+    runs: dict[str, str]  # part name → run-length encoded mask
+    caption_words: dict[str, tuple[str | None, ...]]  # cleaned caption → the part each word names (None: no part)
 
     def mask(self, part: str) -> np.ndarray:
         """The bool (H, W) mask of ``part`` (all False when the person has no such part)."""
@@ -74,10 +68,9 @@ class PartRegions:
 
 
 def parse_regions(raw: object, captions: tuple[str, ...]) -> PartRegions:
-    """Checks and parses a record's ``regions`` value; ``captions`` are the record's cleaned captions.
+    """Checks and parses a record's ``regions`` value given its cleaned captions.
 
-    Raises:
-        ValueError: naming what is wrong (the caller adds the file and record).
+    Raises ValueError naming what is wrong (the caller adds the file and record).
     """
     if not isinstance(raw, dict) or set(raw) != {"size", "parts", "words"}:
         raise ValueError(f"expected an object with keys size, parts, words, got {type(raw).__name__}"

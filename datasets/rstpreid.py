@@ -11,6 +11,5 @@ ANNOTATION_FILE = "data_captions.json"
 
 def read_rstpreid(dataset_dir: str | Path, check_images: bool = True) -> list[PersonRecord]:
     """Reads RSTPReid; with ``check_images`` every listed image must exist."""
-
     annotation_file, image_dir = locate_dataset_files(dataset_dir, (ANNOTATION_FILE,))
     return parse_annotation_file(annotation_file, image_dir, path_key="img_path", check_images=check_images)

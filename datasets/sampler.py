@@ -17,15 +17,13 @@ class TrainSampler(Sampler):
 
     Args:
         labels: person label of every training item.
-        global_batch_size: items per optimisation step over all ranks.
+        global_batch_size: items of one forward pass over all ranks (one micro-batch each).
         instances_per_id: 0 for a plain shuffle; k > 0 for batches of ``global_batch_size / k`` distinct
             people with k items each (people with fewer than k items are sampled with repetition).
         seed: base seed; the epoch's order uses ``seed + epoch``.
         rank, world_size: this process's shard; each global batch is split into ``world_size`` equal parts.
         accumulate_steps: micro-batches per optimisation step; an epoch holds a whole number of steps, so
             no micro-batch gradient is left over to leak into the next epoch's first step.
-
-    ``global_batch_size`` here is the batch of one forward pass over all ranks (one micro-batch each).
     """
 
     def __init__(self, labels: Sequence[int], global_batch_size: int, instances_per_id: int = 0, seed: int = 0,
@@ -38,8 +36,7 @@ class TrainSampler(Sampler):
         self.global_batch_size = global_batch_size
         self.instances_per_id = instances_per_id
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        self.start_batch = 0
+        self.epoch, self.start_batch = 0, 0
         order = torch.argsort(self.labels, stable=True)
         counts = torch.unique_consecutive(self.labels[order], return_counts=True)[1]
         self.items_by_person = list(torch.split(order, counts.tolist()))

@@ -20,13 +20,10 @@ from utils.vocab import MAX_TEXT_LEN, PAD_ID
 BUNDLED_VOCAB = Path(__file__).resolve().parent / "assets" / "bert-base-uncased" / "vocab.txt"
 
 
-
 def build_tokenizer(path: str | Path = "") -> Tokenizer:
-    """Builds the WordPiece tokenizer, adding ``[DEC]`` and ``[ENC]`` after the base vocabulary.
+    """Builds the WordPiece tokenizer, adding ``[DEC]`` and ``[ENC]`` after the base vocabulary; never online.
 
-    Args:
-        path: a ``vocab.txt`` file or a folder holding one; empty means the bundled
-            bert-base-uncased vocabulary. Never touches the network.
+    ``path`` is a ``vocab.txt`` file or a folder holding one; empty means the bundled bert-base-uncased vocabulary.
     """
     vocab_file = Path(path) if path else BUNDLED_VOCAB
     if vocab_file.is_dir():

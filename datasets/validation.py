@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SHOWN = 5  # records named per problem
 DUPLICATE_POLICIES = ("error", "warn")
 _IMAGES_PER_TASK = 256
+_EMPTY_HINTS = {"val": " (set data.val_from_train to hold out training identities as val)"}
 
 
 def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str], tokenizer: Tokenizer,
@@ -37,9 +38,7 @@ def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str]
     """Checks all records of ``splits``; returns them, less bad captions when ``drop_bad_captions``.
 
     Args:
-        splits: split name → records (``datasets.person_search.split_records``).
         needed: the splits the run reads; each must be non-empty (after dropping).
-        tokenizer: from ``datasets.tokenization.build_tokenizer`` (not modified).
         max_len: the text length, ``[CLS]`` and ``[SEP]`` included; longer captions are counted as cut.
         source: the dataset folder or annotation file, named in messages.
         drop_bad_captions: drop captions that say nothing (and records left with none) instead of failing.
@@ -53,10 +52,8 @@ def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str]
     if duplicate_images not in DUPLICATE_POLICIES:
         raise ConfigError(f"data.duplicate_images must be one of {', '.join(DUPLICATE_POLICIES)}, "
                           f"got {duplicate_images!r}")
-    problems: list[str] = []
-    splits, caption_problem = check_captions(splits, tokenizer, max_len, source, drop_bad_captions)
-    problems += caption_problem
-    problems += [f"split '{name}' of {source} is empty, but the run needs it{_empty_hint(name)}"
+    splits, problems = check_captions(splits, tokenizer, max_len, source, drop_bad_captions)
+    problems += [f"split '{name}' of {source} is empty, but the run needs it{_EMPTY_HINTS.get(name, '')}"
                  for name in needed if not splits.get(name)]
     duplicates = find_duplicate_images(splits, source)
     if duplicate_images == "warn":
@@ -71,14 +68,8 @@ def validate_splits(splits: dict[str, list[PersonRecord]], needed: Sequence[str]
     return splits
 
 
-def _empty_hint(name: str) -> str:
-    if name == "val":
-        return " (set data.val_from_train to hold out training identities as val)"
-    return ""
-
-
 def _listing(items: Sequence[str]) -> str:
-    return "".join(f"\n  {item}" for item in items[:SHOWN])
+    return f"first {min(len(items), SHOWN)}:" + "".join(f"\n  {item}" for item in items[:SHOWN])
 
 
 def caption_token_ids(tokenizer: Tokenizer, captions: list[str]) -> list[list[int]]:
@@ -95,19 +86,6 @@ def caption_token_ids(tokenizer: Tokenizer, captions: list[str]) -> list[list[in
             tokenizer.enable_padding(**padding)
 
 
-class MeaninglessTokens:
-    """Membership test for ``[UNK]`` and tokens without a letter or digit (punctuation, symbols), memoised by id."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.known = tokenizer, {UNK_ID: True}
-
-    def __contains__(self, token_id: int) -> bool:
-        if token_id not in self.known:
-            token = self.tokenizer.id_to_token(token_id) or ""
-            self.known[token_id] = not any(ch.isalnum() for ch in token)
-        return self.known[token_id]
-
-
 def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, max_len: int, source: str,
                    drop: bool) -> tuple[dict[str, list[PersonRecord]], list[str]]:
     """Finds captions that are empty or only ``[UNK]``/punctuation; logs how many will be cut at ``max_len``.
@@ -117,12 +95,15 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
     """
     owners = [(name, r) for name, part in splits.items() for r in part]
     captions = [c for _, r in owners for c in r.captions]
-    ids = iter(caption_token_ids(tokenizer, captions))
-    useless = MeaninglessTokens(tokenizer)
+    token_ids = caption_token_ids(tokenizer, captions)
+    # [UNK] and tokens without a letter or digit (punctuation, symbols)
+    useless = {UNK_ID} | {t for tokens in token_ids for t in tokens
+                          if not any(ch.isalnum() for ch in tokenizer.id_to_token(t) or "")}
+    ids = iter(token_ids)
     bad: list[str] = []
-    cut = 0
-    kept_by_record: dict[int, tuple[str, ...]] = {}
-    for number, (name, record) in enumerate(owners):
+    cut = emptied = 0
+    cleaned: dict[str, list[PersonRecord]] = {name: [] for name in splits}
+    for name, record in owners:
         kept = []
         for index, caption in enumerate(record.captions):
             tokens = next(ids)
@@ -132,7 +113,12 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
                 bad.append(f"{name} {record.image_path} caption {index} {caption!r}: {reason}")
             else:
                 kept.append(caption)
-        kept_by_record[number] = tuple(kept)
+        if not kept:
+            emptied += 1
+        elif len(kept) == len(record.captions):
+            cleaned[name].append(record)
+        else:
+            cleaned[name].append(replace(record, captions=tuple(kept)))
     if cut:
         log.info("%d of %d captions of %s are longer than %d tokens and will be cut", cut, len(captions), source,
                  max_len)
@@ -140,16 +126,8 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
         return splits, []
     if not drop:
         return splits, [f"{len(bad)} of {len(captions)} captions of {source} are empty or only [UNK]/punctuation "
-                        f"after tokenizing; first {min(len(bad), SHOWN)}:{_listing(bad)}\n"
+                        f"after tokenizing; {_listing(bad)}\n"
                         f"  (set data.drop_bad_captions=true to drop them)"]
-    cleaned: dict[str, list[PersonRecord]] = {name: [] for name in splits}
-    emptied = 0
-    for number, (name, record) in enumerate(owners):
-        kept = kept_by_record[number]
-        if kept:
-            cleaned[name].append(record if kept == record.captions else replace(record, captions=kept))
-        else:
-            emptied += 1
     log.warning("dropped %d of %d captions of %s that are empty or only [UNK]/punctuation, and %d records left "
                 "with no caption", len(bad), len(captions), source, emptied)
     return cleaned, []
@@ -167,11 +145,11 @@ def find_duplicate_images(splits: dict[str, list[PersonRecord]], source: str) ->
     multi_id = [f"{path}: ids {', '.join(map(str, sorted(owners)))}" for path, owners in ids.items() if len(owners) > 1]
     if multi_id:
         messages.append(f"{len(multi_id)} images of {source} are listed under more than one person id; "
-                        f"first {min(len(multi_id), SHOWN)}:{_listing(multi_id)}")
+                        f"{_listing(multi_id)}")
     shared = [f"{path}: {', '.join(names)}" for path, names in split_names.items() if len(names) > 1]
     if shared:
         messages.append(f"{len(shared)} images of {source} are in more than one split (an image seen in training "
-                        f"inflates test results); first {min(len(shared), SHOWN)}:{_listing(shared)}")
+                        f"inflates test results); {_listing(shared)}")
     return messages
 
 
@@ -193,8 +171,7 @@ def _problems_in(paths: Sequence[Path]) -> list[tuple[Path, str]]:
 
 def check_images(paths: Sequence[Path], source: str, workers: int | None = None,
                  show_progress: bool = True) -> list[str]:
-    """Reads the header of every distinct image in ``paths`` on a thread pool, with a progress bar; returns one
-    problem message naming the first few bad files and their count, or nothing."""
+    """Reads the header of every distinct image on a thread pool; returns one message naming the bad ones, or none."""
     unique = list(dict.fromkeys(paths))
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     tasks = [unique[i:i + _IMAGES_PER_TASK] for i in range(0, len(unique), _IMAGES_PER_TASK)]
@@ -208,4 +185,4 @@ def check_images(paths: Sequence[Path], source: str, workers: int | None = None,
         log.info("%d images of %s checked: all present and readable", len(unique), source)
         return []
     return [f"{len(bad)} of {len(unique)} images of {source} are missing or unreadable; "
-            f"first {min(len(bad), SHOWN)}:{_listing([f'{path}: {problem}' for path, problem in bad])}"]
+            f"{_listing([f'{path}: {problem}' for path, problem in bad])}"]

@@ -26,8 +26,6 @@ from utils.vocab import ENC_ID, MAX_TEXT_LEN
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 KEEP_TOP = 10  # top gallery indices kept per query (pictures, error analysis)
 
 

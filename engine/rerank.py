@@ -139,7 +139,6 @@ def candidate_match_logits(match_logits: MatchLogits, candidate_indices: torch.T
     """(c, k) fp32 ITM logits of the candidates, one ``match_logits`` call per group (see :func:`rerank`).
 
     The indices are copied to the host once, so that grouping reads nothing back from the device."""
-
     num_rows, k = candidate_indices.shape
     device = candidate_indices.device
     host_candidates = candidate_indices.cpu()  # (c, k), the one read-back of the chunk

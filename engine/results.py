@@ -69,9 +69,7 @@ def write_results(results: dict, config: Config, checkpoint: str | Path, output_
         "checkpoint": str(checkpoint), "checkpoint_sha256": file_hash(checkpoint),
         "config": config_to_dict(config),
     }
-    if IMAGE_TO_TEXT in results:
-        record[IMAGE_TO_TEXT] = results[IMAGE_TO_TEXT]
-    for optional in ("wall_time_s", "pointing"):
+    for optional in (IMAGE_TO_TEXT, "wall_time_s", "pointing"):
         if optional in results:
             record[optional] = results[optional]
     path = output_dir / "results.json"

@@ -245,7 +245,9 @@ def train_epoch(run: Run) -> None:
         if state["step"] % config.train.log_every == 0:  # reading losses waits for the device: log steps only
             rate = run.micro_batch * get_world_size() * (state["batch"] - first_batch) / (time.time() - started)
             bar.set_postfix(loss=f"{total.item():.3f}", samples_s=f"{rate:.1f}")
-            log_step(run, total, losses, rate)
+            run.writer.write({"epoch": epoch, "loss": total.item(), "lr": run.scheduler.get_last_lr()[0],
+                              "samples_per_s": rate, **{f"loss_{k}": v.item() for k, v in losses.items()}},
+                             state["step"], "train/")
         if config.train.save_every_steps and state["step"] % config.train.save_every_steps == 0:
             save(run, "last.pth")
         if verdict.stop_signal:
@@ -292,12 +294,6 @@ def optimizer_step(run: Run) -> None:
     run.state["step"] += 1
 
 
-def log_step(run: Run, total: torch.Tensor, losses: dict[str, torch.Tensor], samples_per_s: float) -> None:
-    run.writer.write({"epoch": run.state["epoch"], "loss": total.item(), "lr": run.scheduler.get_last_lr()[0],
-                      "samples_per_s": samples_per_s, **{f"loss_{k}": v.item() for k, v in losses.items()}},
-                     run.state["step"], "train/")
-
-
 # ---- end of epoch ----------------------------------------------------------------------------------------
 
 def end_epoch(run: Run) -> None:
@@ -323,9 +319,10 @@ def validate(run: Run) -> float:
     results = evaluate(run.model, run.val_set, run.tokenizer, run.eval_transform, config.eval, run.device,
                        config.model.max_text_len, config.data.num_workers)
     stage = "reranked" if config.eval.rerank else "global"
-    log.info("epoch %d val %s: %s", run.state["epoch"], stage, _format(results[stage]))
-    run.writer.write({f"{stage}_{k}": v for k, v in results[stage].items()}, run.state["step"], "val/")
-    return selection_value(results[stage], config.train.select_metric)
+    metrics = results[stage]
+    log.info("epoch %d val %s: %s", run.state["epoch"], stage, " ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    run.writer.write({f"{stage}_{k}": v for k, v in metrics.items()}, run.state["step"], "val/")
+    return selection_value(metrics, config.train.select_metric)
 
 
 def save(run: Run, name: str) -> None:
@@ -359,7 +356,3 @@ def selection_value(metrics: dict, name: str) -> float:
     if name == "r_mean":
         return (metrics["R1"] + metrics["R5"] + metrics["R10"]) / 3
     return metrics.get(name, float("nan"))
-
-
-def _format(metrics: dict) -> str:
-    return " ".join(f"{k} {v:.2f}" for k, v in metrics.items())

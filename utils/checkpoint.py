@@ -1,8 +1,8 @@
 """Self-describing, atomic checkpoints and the RNG state of every process, for exact resume.
 
-Saving writes ``.NAME.tmp-PID`` next to ``NAME`` and renames it over ``NAME`` only when complete, so the
-previous checkpoint survives a crash, a kill or a full disk; :func:`remove_stale_temp_files` clears what a
-killed writer leaves. Loading is ``weights_only`` and names the file and what was found when it fails.
+Saving writes ``.NAME.tmp-PID`` and renames it over ``NAME`` only when complete, so the previous checkpoint
+survives a crash, a kill or a full disk; :func:`remove_stale_temp_files` clears what a killed writer leaves.
+Loading is ``weights_only`` and names the file and what was found when it fails.
 """
 from __future__ import annotations
 
@@ -29,11 +29,6 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # t
 _SNIPPET_BYTES = 40
 
 
-def temp_path(path: Path) -> Path:
-    """Where :func:`save_atomic` writes ``path`` before renaming it: ``.NAME.tmp-PID`` in the same folder."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 class _ErrorKeepingFile:
     """Passes writes to ``file`` and keeps the ``OSError`` (e.g. ENOSPC) that torch would turn into
     ``RuntimeError: unexpected pos``."""
@@ -55,13 +50,11 @@ class _ErrorKeepingFile:
 def save_atomic(state: dict, path: str | Path) -> None:
     """Writes ``state`` to ``path`` via a temp file in the same folder (removed on failure) and ``os.replace``.
 
-    Raises:
-        CheckpointError: the write failed (disk full, no permission, I/O error); names the path, the cause
-            and the free space left on its file system.
-    """
+    A failed write (disk full, no permission, I/O error) raises :class:`CheckpointError` naming the path, the
+    cause and the free space left on its file system."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = None
     try:
         with open(tmp, "wb") as file:
@@ -70,18 +63,15 @@ def save_atomic(state: dict, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
         cause = writer.error if writer is not None and writer.error is not None else error
-        if not isinstance(cause, OSError):
-            raise
+        if not isinstance(error, (OSError, RuntimeError)) or not isinstance(cause, OSError):
+            raise  # not an I/O failure (Ctrl-C, an object torch cannot save)
         reason = cause.strerror or str(cause)
         raise CheckpointError(f"failed to save checkpoint {path}: {reason}; {_free_space(path.parent)} free there; "
                               f"{'the previous checkpoint is unchanged' if path.exists() else 'nothing was written'}"
                               ) from cause
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _free_space(folder: Path) -> str:
@@ -109,28 +99,20 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
 def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
-    """Opens a checkpoint (tensors and plain Python only: ``weights_only``).
+    """Opens a checkpoint (tensors and plain Python only: ``weights_only``) holding the top-level keys ``required``.
 
-    Args:
-        required: top-level keys the caller needs (see :func:`require_keys`).
-
-    Raises:
-        CheckpointError: the file is missing, empty, not a torch file (text, other binary), truncated,
-            holds objects ``weights_only`` refuses, or lacks a required key; the message names the file
-            and what was found.
-    """
+    Raises :class:`CheckpointError`, naming the file and what was found, when it is missing, empty, not a torch
+    file, truncated, holds objects ``weights_only`` refuses, or lacks a required key."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (no such file)")
@@ -140,11 +122,13 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = ()) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... by format
+        with open(path, "rb") as file:
+            head = file.read(_SNIPPET_BYTES)
         refused = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\.?$)", str(error), re.MULTILINE)
-        if refused and _read_head(path).startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        if refused and head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
             raise CheckpointError(f"unsafe checkpoint {path}: it holds Python objects that weights-only loading "
                                   f"refuses ({refused[1]}); expected tensors and plain containers only") from error
-        raise CheckpointError(f"unreadable checkpoint {path}: {_describe(path, size)}; "
+        raise CheckpointError(f"unreadable checkpoint {path}: {_describe(head, size)}; "
                               "expected a complete file written by torch.save") from error
     if required:
         require_keys(checkpoint, required, path)
@@ -166,14 +150,8 @@ def require_keys(checkpoint, required: Iterable[str], path: str | Path) -> None:
                               f"found keys [{shown}]")
 
 
-def _read_head(path: Path) -> bytes:
-    with open(path, "rb") as file:
-        return file.read(_SNIPPET_BYTES)
-
-
-def _describe(path: Path, size: int) -> str:
-    """What the file looks like: a cut-off zip archive, a text file, or other binary data."""
-    head = _read_head(path)
+def _describe(head: bytes, size: int) -> str:
+    """What a file of ``size`` bytes starting ``head`` looks like: a cut-off zip archive, text or other binary."""
     if head.startswith(_ZIP_MAGIC):
         return f"found a zip archive of {size} bytes that is truncated or corrupt"
     if head.startswith(_LEGACY_MAGIC):
@@ -188,8 +166,7 @@ def _describe(path: Path, size: int) -> str:
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """This process's Python, numpy and torch generator states (and its own GPU's, on CUDA) as fixed-size
-    tensors: portable (plain numbers, no pickled objects) and gatherable with ``dist.all_gather``.
+    """This process's generator states as fixed-size tensors: portable (no pickled objects) and gatherable.
 
     Python: 624 Mersenne-Twister words + position (``python``) and the cached Gaussian (``python_gauss``, NaN
     for none); numpy likewise (``numpy``: words, position, has-Gaussian flag); torch: the CPU generator's bytes
@@ -233,8 +210,8 @@ def resume_rng_states(saved, device: torch.device, seed: int, step: int) -> bool
     """Restores this rank's generators from a checkpoint's ``rng`` list (returns True), or re-seeds them (False).
 
     Exact only with the same number of processes on the same kind of device. Otherwise (another world size,
-    CPU vs CUDA, an older format) the run continues, since batches, sampler position and weights do not
-    depend on the process count, with fresh streams seeded from (``seed``, ``step``, rank), and says so.
+    CPU vs CUDA, an older format) the run continues with streams seeded from (``seed``, ``step``, rank), and
+    says so: batches, sampler position and weights do not depend on the process count.
     """
     current = rng_state(device)
     world, rank = get_world_size(), get_rank()

@@ -1,10 +1,7 @@
-"""How the entry points end: the project's own errors as ``error: <message>`` and exit code 2, no traceback.
+"""How the entry points end: the project's errors (:mod:`utils.errors`) as ``error: <message>`` and exit code 2.
 
-``train.py``, ``eval.py`` and ``retrieve.py`` run their ``main`` through :func:`run_main`. A
-:class:`~utils.errors.CadaError` is a problem the user can fix (a config key, a file, the run folder): it is
-printed on stderr, and into the run's ``log.txt`` when logging writes one, and the process exits with 2.
-``--debug`` or ``CADA_DEBUG=1`` re-raises it with its traceback. A run stopped by SIGINT/SIGTERM after
-saving exits with 130/143. Any other exception is a bug and keeps its traceback.
+The message also goes into the run's ``log.txt``; ``--debug`` or ``CADA_DEBUG=1`` re-raises it with its
+traceback. A run stopped by SIGINT/SIGTERM after saving exits with 130/143. Other exceptions keep their traceback.
 """
 from __future__ import annotations
 
@@ -39,15 +36,8 @@ def report(message: str) -> None:
 
 
 def run_main(main: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
-    """Calls ``main(argv)`` (default ``sys.argv[1:]``) and turns the project's errors into exit codes.
-
-    Args:
-        main: the entry point's body; it parses ``argv`` itself (with :func:`add_debug_flag`).
-        argv: command-line arguments without the program name.
-
-    Raises:
-        SystemExit: 2 on a :class:`CadaError`, 128 + signal number when the run was interrupted.
-    """
+    """Calls ``main(argv)`` (default ``sys.argv[1:]``; ``main`` parses it, with :func:`add_debug_flag`) and
+    exits with 2 on a :class:`CadaError`, 128 + signal number when the run was interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         main(argv)

@@ -94,10 +94,8 @@ def _load_raw(path: Path, origin: dict, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Returns ``value`` converted to ``hint`` (int → float allowed), or raises naming the key.
-
-    Handles ``list[...]``, ``Literal[...]`` (value must be one listed) and ``Annotated[..., Range]``.
-    """
+    """Returns ``value`` converted to ``hint`` (int → float allowed), or raises naming the key; ``hint`` may also
+    be ``list[...]``, ``Literal[...]`` (value must be one listed) or ``Annotated[..., Range]``."""
     origin = typing.get_origin(hint)
     if origin is typing.Annotated:
         base, *extras = typing.get_args(hint)
@@ -159,30 +157,23 @@ def _build(cls: type, raw: dict, origin: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parses ``section.key=value`` (value in YAML syntax) into (path, value)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form section.key=value")
-    key, value = text.split("=", 1)
-    parsed = _parse_yaml(value, f"command line '{text}'") if value.strip() else ""
-    return key.strip().split("."), parsed
-
-
 def _apply_overrides(raw: dict, origin: dict, overrides: list[str]) -> None:
+    """Merges ``section.key=value`` overrides (value in YAML syntax) into ``raw``."""
     for text in overrides:
-        keys, value = parse_override(text)
-        nested = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        _merge(raw, nested, origin, f"command line '{text}'")
+        if "=" not in text:
+            raise ConfigError(f"override {text!r} is not of the form section.key=value")
+        key, value = text.split("=", 1)
+        source = f"command line '{text}'"
+        nested = _parse_yaml(value, source) if value.strip() else ""
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(raw, nested, origin, source)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Loads ``path`` (with its ``_base_`` chain) and ``key=value`` overrides into a validated Config."""
     origin: dict[str, str] = {}
-    raw = _load_raw(Path(path), origin)
-    _apply_overrides(raw, origin, overrides)
-    return check_consistency(_build(Config, raw, origin), origin)
+    return _build_checked(_load_raw(Path(path), origin), origin, overrides)
 
 
 def config_to_dict(config: Any) -> dict:
@@ -193,15 +184,14 @@ def config_to_dict(config: Any) -> dict:
 
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
     """Rebuilds a Config from ``config_to_dict`` output (e.g. the copy stored in a checkpoint)."""
-    origin = {}
-    raw = copy.deepcopy(raw)
+    return _build_checked(copy.deepcopy(raw), {}, overrides)
+
+
+def _build_checked(raw: dict, origin: dict, overrides: list[str]) -> Config:
+    """Applies ``overrides`` to ``raw`` and builds the Config, then checks what single-key types cannot: list
+    lengths, device names and values that must agree."""
     _apply_overrides(raw, origin, overrides)
-    return check_consistency(_build(Config, raw, origin), origin)
-
-
-def check_consistency(config: Config, origin: dict | None = None) -> Config:
-    """Checks what single-key types cannot: list lengths, device names and values that must agree."""
-    origin = origin or {}
+    config = _build(Config, raw, origin)
 
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{key} (from {origin.get(key, 'defaults')}): {message}")
@@ -210,18 +200,17 @@ def check_consistency(config: Config, origin: dict | None = None) -> Config:
         fail("model.image_size", f"expected [height, width], got {config.model.image_size}")
     if len(config.optim.betas) != 2:
         fail("optim.betas", f"expected two values [beta1, beta2], got {config.optim.betas}")
-    for key, device in (("train.device", config.train.device), ("eval.image_tokens_device",
-                                                                config.eval.image_tokens_device)):
+    devices = {"train.device": config.train.device, "eval.image_tokens_device": config.eval.image_tokens_device}
+    for key, device in devices.items():
         if not DEVICE_PATTERN.fullmatch(device):
             fail(key, f"got {device!r}, expected auto, cpu, cuda or cuda:N")
     if config.optim.min_lr > config.optim.lr:
         fail("optim.min_lr", f"{config.optim.min_lr:g} is above optim.lr {config.optim.lr:g}")
-    if config.data.instances_per_id and config.data.global_batch_size % config.data.instances_per_id:
-        fail("data.instances_per_id", f"{config.data.instances_per_id} does not divide data.global_batch_size "
-                                      f"{config.data.global_batch_size}")
-    if config.data.instances_per_id and config.data.global_batch_size < 2 * config.data.instances_per_id:
-        fail("data.instances_per_id", f"batches of {config.data.global_batch_size} with "
-                                      f"{config.data.instances_per_id} images per person hold one identity: the "
+    per_id, batch = config.data.instances_per_id, config.data.global_batch_size
+    if per_id and batch % per_id:
+        fail("data.instances_per_id", f"{per_id} does not divide data.global_batch_size {batch}")
+    if per_id and batch < 2 * per_id:
+        fail("data.instances_per_id", f"batches of {batch} with {per_id} images per person hold one identity: the "
                                       "ITM loss needs at least two per batch for its hard negatives")
     if config.eval.visualize_mode == "ids" and not config.eval.visualize_ids:
         fail("eval.visualize_ids", "eval.visualize_mode=ids needs a list of query indices")

@@ -36,11 +36,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def launched_world_size() -> int:
-    """WORLD_SIZE set by torchrun (1 without a launcher), readable before the process group exists."""
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 def nvidia_devices_present() -> bool:
     """Whether this machine has an NVIDIA driver or device node, whether or not torch can use it."""
     return NVIDIA_DRIVER_FILE.exists() or NVIDIA_DEVICE_FILE.exists()
@@ -58,12 +53,8 @@ def cuda_unusable_reason() -> str:
 
 
 def resolve_device(device: str, local_rank: int, world_size: int) -> torch.device:
-    """The device named by ``train.device`` for this process.
-
-    Args:
-        device: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` (GPU ``LOCAL_RANK`` under torchrun, else GPU 0)
-            or ``cuda:N`` (GPU N, one process only).
-        local_rank: this process's index on its machine (torchrun's ``LOCAL_RANK``).
+    """This process's device for ``train.device``: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` (GPU
+    ``local_rank``, torchrun's ``LOCAL_RANK``) or ``cuda:N`` (one process only).
 
     Raises:
         ConfigError: CUDA asked for (or NVIDIA devices present under ``auto``) but unusable, ``cuda:N`` under
@@ -94,7 +85,7 @@ def resolve_device(device: str, local_rank: int, world_size: int) -> torch.devic
 def init_distributed(device: str = "auto") -> torch.device:
     """Chooses this process's device (see :func:`resolve_device`), makes it current on CUDA and joins the
     process group when launched by torchrun. Returns the device."""
-    world_size = launched_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun; the process group does not exist yet
     chosen = resolve_device(device, int(os.environ.get("LOCAL_RANK", 0)), world_size)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
@@ -104,8 +95,7 @@ def init_distributed(device: str = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """One log line's worth: ``cuda:0 (NVIDIA H200, CUDA 12.8, driver 570.x)`` or ``cpu (N threads)``, with the
-    process count."""
+    """One log line: ``device cuda:0 (NVIDIA H200, CUDA 12.8, driver 570.x, N process(es))`` or the CPU's."""
     processes = f"{get_world_size()} process(es)"
     if device.type != "cuda":
         return f"device cpu ({torch.get_num_threads()} threads per process, {processes})"
@@ -134,9 +124,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor.contiguous())
-        return torch.cat(gathered, dim=0)
+        return all_gather_no_grad(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -193,9 +181,7 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_object(obj) -> list:
-    """Gathers a plain, picklable Python value from every rank (a one-element list at world 1).
-
-    Not for tensors (their storages fail to unpickle on the receiving rank): use the gathers above."""
+    """Gathers a plain, picklable Python value (not a tensor: see the module docstring) from every rank."""
     if get_world_size() == 1:
         return [obj]
     gathered = [None] * get_world_size()

@@ -1,8 +1,6 @@
 """The project's own errors: each says what is wrong, where (file, key or record) and what was expected.
 
-Entry points (``train.py``, ``eval.py``, ``retrieve.py``) catch :class:`CadaError` and print it as
-``error: <message>`` with exit code 2 and no traceback (``--debug`` or ``CADA_DEBUG=1`` shows it).
-Anything else is a bug and keeps its traceback.
+A :class:`CadaError` is user-fixable: the entry points print it without a traceback (:mod:`utils.cli`).
 """
 from __future__ import annotations
 

@@ -23,10 +23,8 @@ class RunInterrupted(Exception):
 
 
 class StopSignals:
-    """Between :meth:`install` and :meth:`restore`, SIGINT/SIGTERM set :attr:`received` instead of stopping.
-
-    Handlers are installed only in the main thread (Python allows no other); elsewhere this is a no-op.
-    """
+    """Between :meth:`install` and :meth:`restore`, SIGINT/SIGTERM set :attr:`received` instead of stopping
+    (in the main thread only, as Python allows signal handlers nowhere else; elsewhere this is a no-op)."""
 
     def __init__(self):
         self.received = 0  # the signal number, 0 = none

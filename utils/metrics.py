@@ -26,7 +26,6 @@ DEFAULT_CHUNK_SIZE = 448
 
 
 def _as_pid_vector(pids, name: str) -> torch.Tensor:
-    """Returns ``pids`` as a 1-D integer tensor, or raises naming the argument."""
     pids = torch.as_tensor(pids)
     if pids.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(pids.shape)}")
@@ -36,12 +35,7 @@ def _as_pid_vector(pids, name: str) -> torch.Tensor:
 
 
 def count_positives(query_pids, gallery_pids) -> torch.Tensor:
-    """(Q,) int64 counts, on the device of ``query_pids``, of the gallery items that share each query's person id.
-
-    Args:
-        query_pids: (Q,) integer person ids of the queries.
-        gallery_pids: (G,) integer person ids of the gallery.
-    """
+    """(Q,) int64 counts, on the device of the (Q,) ``query_pids``, of the (G,) ``gallery_pids`` equal to each."""
     query_pids = _as_pid_vector(query_pids, "query_pids")
     gallery_pids = _as_pid_vector(gallery_pids, "gallery_pids").to(query_pids.device)
     unique_pids, pid_counts = torch.unique(gallery_pids, return_counts=True)  # sorted ascending
@@ -53,10 +47,7 @@ def count_positives(query_pids, gallery_pids) -> torch.Tensor:
 
 
 def chance_r1(query_pids, gallery_pids) -> float:
-    """Expected R@1 (percent) of a uniformly random ranking: mean over queries of |positives| / G.
-
-    Args as for :func:`count_positives`.
-    """
+    """Expected R@1 (percent) of a uniformly random ranking: mean over queries of |positives| / G."""
     gallery_size = _as_pid_vector(gallery_pids, "gallery_pids").numel()
     if gallery_size == 0:
         raise ValueError("chance_r1: the gallery is empty")
@@ -66,26 +57,13 @@ def chance_r1(query_pids, gallery_pids) -> float:
     return 100.0 * positives.mean().item() / gallery_size
 
 
-def iter_similarity_chunks(
-    text_feats: torch.Tensor, image_feats: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yields cosine similarities of text queries against all gallery images, a chunk of queries at a time.
-
-    Normalisation and the product are done in fp32, on the device of ``image_feats``.
-
-    Args:
-        text_feats: (Q, D) query embeddings.
-        image_feats: (G, D) gallery embeddings.
-        chunk_size: queries per chunk (c).
-
-    Yields:
-        ``(start, scores)`` with ``scores`` the (c, G) fp32 cosines of queries ``start .. start + c - 1``.
-    """
+def iter_similarity_chunks(text_feats: torch.Tensor, image_feats: torch.Tensor,
+                           chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yields ``(start, scores)``: the (c, G) fp32 cosines of (Q, D) ``text_feats[start:start + c]`` against the
+    (G, D) ``image_feats``, c = ``chunk_size``; normalised and multiplied in fp32 on ``image_feats``'s device."""
     if text_feats.dim() != 2 or image_feats.dim() != 2 or text_feats.shape[1] != image_feats.shape[1]:
-        raise ValueError(
-            f"expected text_feats (Q, D) and image_feats (G, D) with equal D, got {tuple(text_feats.shape)} "
-            f"and {tuple(image_feats.shape)}"
-        )
+        raise ValueError(f"expected text_feats (Q, D) and image_feats (G, D) with equal D, got "
+                         f"{tuple(text_feats.shape)} and {tuple(image_feats.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     gallery = F.normalize(image_feats.float(), dim=-1)  # (G, D)
@@ -95,11 +73,7 @@ def iter_similarity_chunks(
 
 
 class RetrievalMetrics:
-    """Accumulates R@k, mAP and mINP over chunks of queries; see the module docstring for the equations.
-
-    Args:
-        ks: the cut-offs k of the reported R@k.
-    """
+    """Accumulates R@k (k in ``ks``), mAP and mINP over chunks of queries; equations in the module docstring."""
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10)):
         if not ks or any(int(k) != k or k < 1 for k in ks):
@@ -112,23 +86,13 @@ class RetrievalMetrics:
 
     @torch.no_grad()
     def update(self, scores: torch.Tensor, query_pids, gallery_pids) -> None:
-        """Adds a chunk of queries.
-
-        Args:
-            scores: (c, G) scores of c queries against the whole gallery; higher is more similar.
-            query_pids: (c,) person ids of these queries.
-            gallery_pids: (G,) person ids of the gallery, in the column order of ``scores``.
-
-        Raises:
-            ValueError: on mismatched shapes, NaN scores, or a query with no positive in the gallery.
-        """
+        """Adds a chunk: (c, G) ``scores`` (higher is more similar) of the (c,) ``query_pids`` against the whole
+        (G,) ``gallery_pids``. ValueError on mismatched shapes, NaN scores, or a query with no positive."""
         query_pids = _as_pid_vector(query_pids, "query_pids").to(scores.device)
         gallery_pids = _as_pid_vector(gallery_pids, "gallery_pids").to(scores.device)
         if scores.dim() != 2 or scores.shape != (query_pids.numel(), gallery_pids.numel()):
-            raise ValueError(
-                f"scores must be (c, G) = ({query_pids.numel()}, {gallery_pids.numel()}) to match the pids, "
-                f"got {tuple(scores.shape)}"
-            )
+            raise ValueError(f"scores must be (c, G) = ({query_pids.numel()}, {gallery_pids.numel()}) to match the "
+                             f"pids, got {tuple(scores.shape)}")
         if scores.numel() and scores.aminmax().max.isnan():  # aminmax propagates NaN without a (c, G) mask
             raise ValueError(f"scores of queries {self.num_queries}..{self.num_queries + len(query_pids) - 1} hold NaN")
         chunk_size = scores.shape[0]
@@ -145,10 +109,9 @@ class RetrievalMetrics:
         missing = (positives_per_query == 0).nonzero(as_tuple=True)[0]
         if missing.numel():
             shown = (missing[:5] + self.num_queries).tolist()
-            raise ValueError(
-                f"{missing.numel()} of {chunk_size} queries have no positive in the gallery (no gallery image with "
-                f"their person id), e.g. queries {shown}; evaluation would be undefined for them"
-            )
+            raise ValueError(f"{missing.numel()} of {chunk_size} queries have no positive in the gallery (no gallery "
+                             f"image with their person id), e.g. queries {shown}; evaluation would be undefined "
+                             "for them")
         first_slot = torch.cumsum(positives_per_query, 0) - positives_per_query  # (c,) index of each row's first hit
         ordinal = torch.arange(rows.numel(), device=rows.device) - first_slot[rows] + 1  # (N,) j = 1..P per row
         ranks = (ranks0 + 1).double()  # (N,) 1-based r_j
@@ -166,11 +129,9 @@ class RetrievalMetrics:
         and ``inverse_negative_penalty`` (fractions, float64)."""
         if not self.num_queries:
             raise ValueError("RetrievalMetrics: no queries were added (call update first)")
-        return {
-            "first_positive_rank": torch.cat(self._first_ranks),
-            "average_precision": torch.cat(self._average_precisions),
-            "inverse_negative_penalty": torch.cat(self._inverse_negative_penalties),
-        }
+        return {"first_positive_rank": torch.cat(self._first_ranks),
+                "average_precision": torch.cat(self._average_precisions),
+                "inverse_negative_penalty": torch.cat(self._inverse_negative_penalties)}
 
     @property
     def first_positive_rank(self) -> torch.Tensor:
@@ -191,25 +152,11 @@ def summarize(per_query: dict[str, torch.Tensor], ks: Sequence[int] = (1, 5, 10)
     return metrics
 
 
-def retrieval_metrics(
-    scores: torch.Tensor,
-    query_pids,
-    gallery_pids,
-    ks: Sequence[int] = (1, 5, 10),
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> dict[str, float]:
-    """R@k, mAP and mINP (percent) of a full (Q, G) score matrix, evaluated ``chunk_size`` queries at a time.
-
-    Args:
-        scores: (Q, G) text-to-image scores.
-        query_pids: (Q,) person ids of the queries.
-        gallery_pids: (G,) person ids of the gallery.
-        ks: the cut-offs of the reported R@k.
-        chunk_size: queries per chunk; bounds the extra memory (see the module docstring).
-
-    Raises:
-        ValueError: when any query has no positive in the gallery (the message gives how many).
-    """
+def retrieval_metrics(scores: torch.Tensor, query_pids, gallery_pids, ks: Sequence[int] = (1, 5, 10),
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
+    """R@k, mAP and mINP (percent) of a full (Q, G) score matrix of (Q,) ``query_pids`` against (G,)
+    ``gallery_pids``, ``chunk_size`` queries at a time (bounds the extra memory, see the module docstring).
+    ValueError, giving how many, when any query has no positive in the gallery."""
     query_pids = _as_pid_vector(query_pids, "query_pids")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from utils.checkpoint import load_checkpoint
 from utils.config import Config, config_to_dict
 from utils.dist import all_gather_object, broadcast_from_main, get_rank, is_main_process
 from utils.errors import RunFolderError
@@ -49,7 +50,7 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(owner: dict) -> bool:
-    """Whether the process that wrote a lock on this host still runs (and is the same process)."""
+    """Whether the process that wrote a lock on this host still runs (and is the same process, not a reused pid)."""
     try:
         os.kill(owner["pid"], 0)
     except ProcessLookupError:
@@ -122,7 +123,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def training_differences(stored: dict, current: dict) -> list[str]:
     """``"key: stored X, now Y"`` for each setting that changes training and differs (config dicts); keys present
     on one side only (a config written by another code version) are not compared."""
-
     old, new = flatten(stored), flatten(current)
     return [f"{key}: stored {old[key]!r}, now {new[key]!r}" for key in new
             if key.split(".")[0] in COMPARED_SECTIONS and key not in FREE_KEYS and key in old and old[key] != new[key]]
@@ -133,17 +133,13 @@ def stored_config(folder: Path) -> dict | None:
     if (folder / "config.yaml").is_file():
         return YAML(typ="safe").load((folder / "config.yaml").read_text())
     if (folder / "last.pth").is_file():
-        from utils.checkpoint import load_checkpoint
         return load_checkpoint(folder / "last.pth").get("config")
     return None
 
 
 def check_folder(config: Config, folder: Path) -> dict | None:
-    """Refuses what would mix two runs in ``folder``; returns the stored results when this run already finished.
-
-    Raises:
-        RunFolderError: a finished run with other settings, checkpoints that this config may not continue.
-    """
+    """Refuses (:class:`RunFolderError`) a finished run with other settings or checkpoints this config may not
+    continue in ``folder``; returns the stored results when this run already finished."""
     current = config_to_dict(config)
     stored = stored_config(folder)
     differences = training_differences(stored, current) if stored is not None else []
@@ -169,12 +165,10 @@ def check_folder(config: Config, folder: Path) -> dict | None:
 def resume_checkpoint(config: Config, folder: Path) -> Path | None:
     """The checkpoint ``train.resume`` continues from: ``folder/last.pth`` if present for ``auto``, a given
     path, or None (a fresh start)."""
-    if not config.train.resume:
-        return None
-    if config.train.resume == "auto":
-        last = folder / "last.pth"
-        return last if last.is_file() else None
-    return Path(config.train.resume)
+    if config.train.resume != "auto":
+        return Path(config.train.resume) if config.train.resume else None
+    last = folder / "last.pth"
+    return last if last.is_file() else None
 
 
 @dataclass
@@ -211,14 +205,8 @@ def unshared_folder_problem(folder: Path, lock_text: str, resume_from: Path | No
 
 
 def claim_run_folder(config: Config, folder: str | Path) -> RunFolder:
-    """Locks ``folder`` for this run and checks it (rank 0), before anything is written there.
-
-    Every rank calls it; rank 0's verdict and choice of checkpoint to resume from are shared, and every other
-    rank checks that it sees the same folder, so all ranks raise the same error or resume the same file.
-
-    Raises:
-        RunFolderError: see :class:`RunLock` and :func:`check_folder`; a folder not shared by all ranks.
-    """
+    """Locks ``folder`` for this run and checks it, before anything is written there (see the module docstring).
+    Every rank calls it, and all raise the same :class:`RunFolderError` or resume the same file."""
     claimed, error, lock_text = RunFolder(Path(folder)), None, ""
     if is_main_process():
         claimed.lock = RunLock(folder)
