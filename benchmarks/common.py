@@ -1,12 +1,10 @@
 """Shared pieces of the benchmarks: CUHK-PEDES-like captions, batches, timing, peak memory, results files.
 
 Peak memory on CPU is the process's resident high-water mark (Linux ``VmHWM``, reset through
-``/proc/self/clear_refs``); on CUDA it is ``torch.cuda.max_memory_allocated``.
-
-Results: ``--save [DIR]`` merges a run into ``DIR/<device>-torch<version>.json`` (default DIR:
-``benchmarks/results``), one file per device and torch version:
-``{"device", "device_type", "torch", "benchmarks": {benchmark: {setting: run}}}``. A run of the same
-benchmark and setting replaces the earlier one; ``benchmarks/report.py`` renders the files as tables.
+``/proc/self/clear_refs``); on CUDA it is ``torch.cuda.max_memory_allocated``. ``--save [DIR]`` merges a run into
+``DIR/<device>-torch<version>.json`` (default DIR: ``benchmarks/results``):
+``{"device", "device_type", "torch", "benchmarks": {benchmark: {setting: run}}}``, a run replacing the earlier
+one of the same benchmark and setting; ``benchmarks/report.py`` renders the files as tables.
 """
 from __future__ import annotations
 
@@ -15,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,29 +70,21 @@ def reset_peak_memory(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
+def proc_status_kib(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in KiB."""
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """Peak memory since the last reset: allocated CUDA memory, or resident memory on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    return proc_status_kib("VmHWM") / 1024
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Mean seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def pick_device(name: str) -> torch.device:
@@ -139,15 +128,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
-def results_path(directory: Path, device: torch.device) -> Path:
-    """``DIR/<device>-torch<version>.json``, e.g. ``cpu-amd-epyc-torch2.14.1-cu128.json``."""
-    name = device_name(device) if device.type == "cuda" else f"cpu {device_name(device)}"
-    return Path(directory) / f"{slug(name)}-torch{slug(torch.__version__)}.json"
-
-
 def save_result(directory: Path, device: torch.device, benchmark: str, setting: str, run: dict) -> Path:
     """Merges ``run`` into the device's results file as ``benchmarks[benchmark][setting]`` (atomic write)."""
-    path = results_path(directory, device)
+    name = device_name(device) if device.type == "cuda" else f"cpu {device_name(device)}"
+    path = Path(directory) / f"{slug(name)}-torch{slug(torch.__version__)}.json"  # e.g. cpu-amd-epyc-torch2.14.1-cu128
     content = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
                "benchmarks": {}}
     if path.exists():

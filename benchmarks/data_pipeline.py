@@ -21,14 +21,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    ARA_PROB,
-    add_output_arguments,
-    cuhk_like_captions,
-    finish,
-    pick_device,
-    setup_threads,
-)
+from benchmarks.common import ARA_PROB, add_output_arguments, cuhk_like_captions, finish, setup_threads  # noqa: E402
 from datasets.ara_masking import pack_candidate_groups  # noqa: E402
 from datasets.attributes import attribute_candidates, build_tagger  # noqa: E402
 from datasets.person_search import TrainPairs  # noqa: E402
@@ -87,15 +80,13 @@ def main(argv=None) -> dict:
     setup_threads()
     with tempfile.TemporaryDirectory() as folder:
         dataset = build_set(Path(folder), args.images, tuple(args.image_size))
-        rows = []
-        for workers in map(int, args.workers.split(",")):
-            rate = loader_rate(dataset, args.batch, workers, args.epochs)
-            rows.append({"workers": workers, "samples_per_s": rate})
+        rows = [{"workers": workers, "samples_per_s": loader_rate(dataset, args.batch, workers, args.epochs)}
+                for workers in map(int, args.workers.split(","))]
     run = {"images": args.images, "batch": args.batch, "image_size": list(args.image_size),
            "step_rate": args.step_rate, "rows": rows}
     height, width = args.image_size
     finish(args, "data_pipeline", f"batch {args.batch}, {height}x{width}, {args.images} images", run,
-           pick_device("cpu"))
+           torch.device("cpu"))
     return run
 
 

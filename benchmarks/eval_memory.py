@@ -1,16 +1,14 @@
 """Peak extra memory and time of chunked retrieval evaluation vs. the naive full-matrix approach.
 
-Builds a random text-to-image problem shaped like ICFG-PEDES test (19,848 queries x 19,848 images, 256-d
-features, about 20 images per identity) and runs each approach in a fresh subprocess, measuring the peak
-resident memory above the level reached once the features are built (Linux VmHWM, reset through
-/proc/self/clear_refs) and the wall time:
+A random text-to-image problem shaped like ICFG-PEDES test (19,848 queries x 19,848 images, 256-d features, about
+20 images per identity); each approach runs in a fresh subprocess, measuring wall time and the peak resident
+memory above the level reached once the features are built (``VmHWM``, see ``benchmarks/common.py``):
 
 - chunked: ``iter_similarity_chunks`` + ``RetrievalMetrics`` over all queries;
 - chunked + rerank: the same with ``engine.rerank.rerank`` (k = 16, a cheap synthetic ITM logit) in between;
-- naive: the whole (Q, G) similarity matrix, a full sort and cumulative sums over the full matrix. It runs on
-  the first ``--naive-queries`` queries only (every array it holds is proportional to Q x G) and is scaled
-  linearly to all queries; the output says so. Its metrics on that subset are checked against the chunked
-  path's per-query results, and a mismatch stops the benchmark.
+- naive: the whole (Q, G) similarity matrix, a full sort and cumulative sums over it, on the first
+  ``--naive-queries`` queries only (every array it holds is proportional to Q x G), scaled linearly to all
+  queries (the output says so). Its metrics on that subset must match the chunked path's, or the benchmark stops.
 
 Usage: python benchmarks/eval_memory.py [--queries 19848 --gallery 19848 --naive-queries 2000 --save]
 """
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -28,21 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_output_arguments, finish, setup_threads  # noqa: E402
+from benchmarks.common import add_output_arguments, finish, proc_status_kib, setup_threads  # noqa: E402
 from engine.rerank import rerank  # noqa: E402
-from utils.metrics import DEFAULT_CHUNK_SIZE, RetrievalMetrics, iter_similarity_chunks  # noqa: E402
+from utils.metrics import DEFAULT_CHUNK_SIZE, RetrievalMetrics, iter_similarity_chunks, summarize  # noqa: E402
 
 IMAGES_PER_ID = 20
-
-
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
-
-
-def _reset_peak_rss() -> int:
-    """Resets VmHWM to the current resident size and returns that size in KiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kib("VmRSS")
 
 
 def build_problem(num_queries: int, gallery_size: int, dim: int, seed: int = 0):
@@ -86,19 +73,16 @@ def run_naive(text_feats, image_feats, query_pids, gallery_pids):
     average_precision = ((hits_so_far / rank) * matches).sum(dim=1) / positives
     first_rank = matches.int().argmax(dim=1) + 1
     last_rank = matches.shape[1] - matches.flip(1).int().argmax(dim=1)
-    return {
-        "R1": 100.0 * (first_rank <= 1).double().mean().item(),
-        "R10": 100.0 * (first_rank <= 10).double().mean().item(),
-        "mAP": 100.0 * average_precision.double().mean().item(),
-        "mINP": 100.0 * (positives / last_rank).double().mean().item(),
-    }
+    return summarize({"first_positive_rank": first_rank, "average_precision": average_precision.double(),
+                      "inverse_negative_penalty": (positives / last_rank).double()}, ks=(1, 10))
 
 
 def worker(args) -> dict:
     text_feats, image_feats, query_pids, gallery_pids = build_problem(args.queries, args.gallery, args.dim)
     if args.worker == "naive":
         text_feats, query_pids = text_feats[: args.naive_queries].clone(), query_pids[: args.naive_queries]
-    baseline_kib = _reset_peak_rss()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    baseline_kib = proc_status_kib("VmRSS")
     start = time.perf_counter()
     if args.worker == "naive":
         metrics = run_naive(text_feats, image_feats, query_pids, gallery_pids)
@@ -106,16 +90,10 @@ def worker(args) -> dict:
         rerank_k = args.rerank_k if args.worker == "rerank" else 0
         accumulator = run_chunked(text_feats, image_feats, query_pids, gallery_pids, args.chunk_size, rerank_k)
         metrics = accumulator.compute()
-        per_query = accumulator.per_query()
-        first, n = per_query["first_positive_rank"][: args.naive_queries], args.naive_queries
-        metrics["subset"] = {
-            "R1": 100.0 * (first <= 1).double().mean().item(),
-            "R10": 100.0 * (first <= 10).double().mean().item(),
-            "mAP": 100.0 * per_query["average_precision"][:n].mean().item(),
-            "mINP": 100.0 * per_query["inverse_negative_penalty"][:n].mean().item(),
-        }
+        subset = {name: values[: args.naive_queries] for name, values in accumulator.per_query().items()}
+        metrics["subset"] = summarize(subset, ks=(1, 10))
     seconds = time.perf_counter() - start
-    peak_extra_mib = (_status_kib("VmHWM") - baseline_kib) / 1024
+    peak_extra_mib = (proc_status_kib("VmHWM") - baseline_kib) / 1024
     return {"seconds": seconds, "peak_extra_mib": peak_extra_mib, "metrics": metrics}
 
 

@@ -1,9 +1,8 @@
 """Renders the benchmark results files as markdown tables: one table per benchmark and device.
 
-Reads every ``*.json`` in ``--results`` (default ``benchmarks/results``), as written by the benchmarks'
-``--save``, and prints, benchmark by benchmark, one table per device and torch version. Ratios compare rows of
-one run (the authors' way, the full matrix, the training step rate measured alongside). ``--update FILE``
-replaces the part of FILE between the two ``BEGIN`` / ``END`` marker lines with the tables instead.
+Reads every ``*.json`` in ``--results`` (as the benchmarks' ``--save`` writes them) and prints one table per
+benchmark, device and torch version; ratios compare rows of one run (the authors' way, the full matrix, the
+training step rate measured alongside). ``--update FILE`` puts the tables between FILE's BEGIN and END lines.
 
 Usage: python benchmarks/report.py [--results DIR] [--update docs/performance.md]
 """
@@ -152,12 +151,10 @@ def render(files: list[tuple[Path, dict]]) -> str:
 
 def update(path: Path, tables: str) -> None:
     """Replaces what lies between the BEGIN and END lines of ``path`` with ``tables``."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+    before, _, rest = path.read_text().partition(BEGIN)
+    if END not in rest:
         raise CadaError(f"{path}: expected the marker lines '{BEGIN}' and, after it, '{END}'")
-    before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    path.write_text(f"{before}{BEGIN}\n\n{tables}\n{END}{after}")
+    path.write_text(f"{before}{BEGIN}\n\n{tables}\n{END}{rest.split(END, 1)[1]}")
 
 
 def main(argv: list[str]) -> None:

@@ -1,10 +1,8 @@
 """Runs every benchmark and prints their tables; ``--quick`` sizes them for a 2-core CPU (a few minutes).
 
-Quick: cada_tiny training steps (batch 8, 128x64 images), two-stage evaluation of cada_tiny (96 queries x
-96 images, k 16), the loader at 0/2/4 workers against the measured fp32 step rate, eval_memory at a reduced
-size, and a two-process torchrun start-up. Full: cada_base at 224x224 (batch 4 and 8), evaluation of 128
-queries x 64 images, the loader at 384x128, eval_memory at ICFG-PEDES size. ``--save [DIR]`` stores every
-result (see ``benchmarks/common.py``); ``python benchmarks/report.py`` renders them.
+Quick: cada_tiny at 128x64 and reduced sizes throughout. Full: cada_base at 224x224 (batch 4 and 8), the loader at
+384x128, eval_memory at ICFG-PEDES size. The loader is compared with the measured fp32 step rate. ``--save [DIR]``
+stores every result (see ``benchmarks/common.py``); ``python benchmarks/report.py`` renders them.
 
 Usage: python benchmarks/run_all.py [--quick] [--save [DIR]]
 """
@@ -21,8 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import data_pipeline, eval_memory, eval_two_stage, train_step  # noqa: E402
 from benchmarks.common import RESULTS_DIR  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> None:
@@ -52,7 +48,7 @@ def main(argv=None) -> None:
     eval_memory.main(memory_args + output)
     processes = 1 if torch.cuda.device_count() == 1 else 2  # NCCL needs a GPU per process; gloo on CPU
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                    str(HERE / "dist_startup.py"), *output], check=True)
+                    str(Path(__file__).resolve().with_name("dist_startup.py")), *output], check=True)
 
 
 if __name__ == "__main__":

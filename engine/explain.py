@@ -130,17 +130,16 @@ class Explainer:
     def panel(self, explanation: Explanation, photo, title: str, text: str):
         """The PIL panel: the photo, then per content word its ITM overlay (and its decoder overlay)."""
         size = (photo.height, photo.width)
+        words, photo_cell = explanation.words, Cell(None, ("photo", ""))
         maps, shares = upsample(explanation.maps, size), explanation.shares()
         rows = [(f"ITM match, cross-attention layer {self.layer}: word, share of the evidence",
-                 [Cell(None, ("photo", "")), *(Cell(maps[i], (explanation.words[i], f"{100 * shares[i]:.0f}%"))
-                                               for i in explanation.content)])]
+                 [photo_cell, *(Cell(maps[i], (words[i], f"{100 * shares[i]:.0f}%")) for i in explanation.content)])]
         if explanation.decoder_maps is not None:
             decoder_maps = upsample(explanation.decoder_maps, size)
+            probabilities = [math.exp(float(lp)) for lp in explanation.decoder_log_probability]
             rows.append((f"ARA decoder, layer {self.decoder_layer}: word masked, p(word)",
-                         [Cell(None, ("photo", "")),
-                          *(Cell(decoder_maps[j], (explanation.words[i], f"p={math.exp(float(lp)):.2f}"))
-                            for j, (i, lp) in enumerate(zip(explanation.content,
-                                                            explanation.decoder_log_probability)))]))
+                         [photo_cell, *(Cell(decoder_maps[j], (words[i], f"p={p:.2f}"))
+                                        for j, (i, p) in enumerate(zip(explanation.content, probabilities)))]))
         return draw_panel(photo, title, text, rows)
 
 

@@ -86,13 +86,12 @@ def search(model, index: FolderIndex, tokenizer, queries: Sequence[str], topk: i
         topk: images returned per query (at most the folder's size).
         k_test: images re-ranked with the ITM logit.
         use_rerank: whether to run the second stage.
-        max_text_len: token length of the model.
         batch_size: queries per text-encoder pass and per ITM batch.
         amp: autocast of the query and ITM passes: ``off``, ``bf16`` or ``fp16`` (``eval.amp``).
     """
     texts = clean_queries(queries)
-    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device,
-                                           amp)  # (Q, E), (Q, L), (Q, L)
+    # (Q, E) features, (Q, L) ids and mask
+    text_feats, ids, mask = encode_queries(model, tokenizer, texts, max_text_len, batch_size, device, amp)
     ids[:, 0] = ENC_ID  # the fused pass starts with [ENC]
     match_logits = shared_itm_scorer(model, ids, mask, index.image_tokens, device, amp)
 

@@ -18,6 +18,7 @@ first position reaches the match logit).
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -101,9 +102,9 @@ def decoder_gradcam(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, 
         logits = model.decoder_logits(hidden[selected])  # (P, V): the masked positions, row by row
         truth = input_ids.expand(rows, -1)[selected]  # (P,)
         row_of = selected.nonzero()[:, 0]  # (P,)
-        score = torch.zeros(rows, device=logits.device).index_add(0, row_of, logits.gather(1, truth[:, None])[:, 0])
-        log_probability = torch.zeros(rows, device=logits.device).index_add(
-            0, row_of, logits.log_softmax(-1).gather(1, truth[:, None])[:, 0])
+        zeros = torch.zeros(rows, device=logits.device)
+        score = zeros.index_add(0, row_of, logits.gather(1, truth[:, None])[:, 0])
+        log_probability = zeros.index_add(0, row_of, logits.log_softmax(-1).gather(1, truth[:, None])[:, 0])
         cams = attention_gradcam(score, attention.probabilities)  # (W, L, N)
     return (cams * selected[..., None]).sum(dim=1), log_probability.detach()
 
@@ -112,9 +113,7 @@ def caption_words(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[list[s
     """The caption's space-separated words and, per token position of its (max_len) encoding, the index of the
     word the token lies in (−1 for special tokens and padding)."""
     words = text.split(" ")
-    starts = [0]
-    for word in words[:-1]:
-        starts.append(starts[-1] + len(word) + 1)
+    starts = list(itertools.accumulate((len(word) + 1 for word in words[:-1]), initial=0))  # each word's first char
     tokenizer.enable_truncation(max_len)
     encoding = tokenizer.encode(text)
     token_words = [-1 if special else bisect.bisect_right(starts, begin) - 1
@@ -124,10 +123,9 @@ def caption_words(tokenizer: Tokenizer, text: str, max_len: int) -> tuple[list[s
 
 def merge_word_pieces(token_maps: torch.Tensor, token_words: torch.Tensor, num_words: int) -> torch.Tensor:
     """Sums per-token maps (L, ...) into per-word maps (num_words, ...); tokens of word −1 are left out."""
-    merged = token_maps.new_zeros(num_words, *token_maps.shape[1:])
     token_words = token_words.to(token_maps.device)
     keep = token_words >= 0
-    return merged.index_add(0, token_words[keep], token_maps[keep])
+    return token_maps.new_zeros(num_words, *token_maps.shape[1:]).index_add(0, token_words[keep], token_maps[keep])
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

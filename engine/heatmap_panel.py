@@ -41,12 +41,6 @@ class Cell:
     label: tuple[str, ...]
 
 
-def colour_ramp(values: np.ndarray) -> np.ndarray:
-    """(...,) values in [0, 1] → (..., 3) float RGB on :data:`RAMP`."""
-    stops = [stop for stop, _ in RAMP]
-    return np.stack([np.interp(values, stops, [colour[c] for _, colour in RAMP]) for c in range(3)], axis=-1)
-
-
 def overlay(photo: Image.Image, heatmap: torch.Tensor) -> Image.Image:
     """The photo with ``heatmap`` (H, W), the photo's size, blended over it (module docstring)."""
     values = heatmap.detach().float().cpu().numpy()
@@ -54,9 +48,11 @@ def overlay(photo: Image.Image, heatmap: torch.Tensor) -> Image.Image:
         raise ValueError(f"heatmap {values.shape} does not match the photo's {photo.height}x{photo.width} pixels")
     spread = values.max() - values.min()
     scaled = (values - values.min()) / spread if spread > 0 else np.zeros_like(values)  # (H, W) in [0, 1]
+    stops = [stop for stop, _ in RAMP]
+    rgb = np.stack([np.interp(scaled, stops, [colour[c] for _, colour in RAMP]) for c in range(3)], axis=-1)
     opacity = OVERLAY_OPACITY * scaled[..., None]
     pixels = np.asarray(photo.convert("RGB"), dtype=np.float32)
-    blended = (1 - opacity) * pixels + opacity * colour_ramp(scaled)
+    blended = (1 - opacity) * pixels + opacity * rgb  # rgb: (H, W, 3) on the RAMP
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -80,14 +76,13 @@ def draw_panel(photo: Image.Image, title: str, text: str, rows: Sequence[tuple[s
     header = wrap_text(text, panel_width - 2 * PAD, font)
     cell_height = height + LABEL_LINES * line + PAD
     lines_of = [-(-len(cells) // columns) for _, cells in rows]
-    panel_height = PAD + (1 + len(header)) * line + sum(line + PAD + count * cell_height for count in lines_of)
+    top = PAD + (1 + len(header)) * line  # below the title and the caption
+    panel_height = top + sum(line + PAD + count * cell_height for count in lines_of)
     panel = Image.new("RGB", (panel_width, panel_height), BACKGROUND)
     draw = ImageDraw.Draw(panel)
-    draw.text((PAD, PAD), title, fill=TEXT_COLOUR, font=font)
-    for i, text_line in enumerate(header):
-        draw.text((PAD, PAD + (1 + i) * line), text_line, fill=TEXT_COLOUR, font=font)
-    top = PAD + (1 + len(header)) * line
-    for name, cells in rows:
+    for i, text_line in enumerate([title, *header]):
+        draw.text((PAD, PAD + i * line), text_line, fill=TEXT_COLOUR, font=font)
+    for (name, cells), count in zip(rows, lines_of):
         draw.text((PAD, top + PAD // 2), name, fill=TEXT_COLOUR, font=font)
         top += line + PAD
         for index, cell in enumerate(cells):
@@ -97,7 +92,7 @@ def draw_panel(photo: Image.Image, title: str, text: str, rows: Sequence[tuple[s
             panel.paste(ImageOps.pad(picture.convert("RGB"), (width, height), color=CELL_BACKGROUND), (left, cell_top))
             for j, label in enumerate(cell.label[:LABEL_LINES]):
                 draw.text((left, cell_top + height + j * line), _fit(label, width, font), fill=TEXT_COLOUR, font=font)
-        top += -(-len(cells) // columns) * cell_height
+        top += count * cell_height
     return panel
 
 

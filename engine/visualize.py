@@ -128,9 +128,8 @@ def draw_query_row(title: str, text: str, images: Sequence[Image.Image], scores:
     layout = RowLayout(slots, tuple(cell_size), line_height(font))
     row = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(row)
-    draw.text((PAD, PAD), title, fill=TEXT_COLOUR, font=font)
-    for i, line in enumerate(wrap_text(text, layout.width - 2 * PAD, font)):
-        draw.text((PAD, PAD + (1 + i) * layout.line), line, fill=TEXT_COLOUR, font=font)
+    for i, line in enumerate([title, *wrap_text(text, layout.width - 2 * PAD, font)]):
+        draw.text((PAD, PAD + i * layout.line), line, fill=TEXT_COLOUR, font=font)
     height, width = layout.cell_size
     for slot, (image, score) in enumerate(zip(images, scores)):
         left, top, right, bottom = layout.cell_box(slot)
@@ -171,14 +170,6 @@ def save_pages(rows: Sequence[Image.Image], path: str | Path, rows_per_page: int
     return written
 
 
-def check_selection(mode: str, ids: Sequence[int] = ()) -> None:
-    """Raises unless ``mode`` is a known selection mode and ``ids`` mode has ids (checked before evaluating)."""
-    if mode not in SELECTION_MODES:
-        raise ValueError(f"unknown visualize mode {mode!r}; known: {', '.join(SELECTION_MODES)}")
-    if mode == "ids" and not ids:
-        raise ValueError("visualize_mode=ids needs query indices in eval.visualize_ids, got none")
-
-
 def select_queries(first_positive_rank: torch.Tensor, count: int, mode: str, seed: int = 0,
                    ids: Sequence[int] = ()) -> list[int]:
     """Chooses the queries to draw.
@@ -190,9 +181,12 @@ def select_queries(first_positive_rank: torch.Tensor, count: int, mode: str, see
             first, ties to the lower query index) or ``ids`` (exactly ``ids``, in the given order).
         ids: query indices for ``ids`` mode.
     """
-    check_selection(mode, ids)
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"unknown visualize mode {mode!r}; known: {', '.join(SELECTION_MODES)}")
     num_queries = first_positive_rank.numel()
     if mode == "ids":
+        if not ids:
+            raise ValueError("visualize_mode=ids needs query indices in eval.visualize_ids, got none")
         bad = [int(i) for i in ids if not 0 <= int(i) < num_queries]
         if bad:
             raise ValueError(f"visualize_ids {bad} are out of range: there are {num_queries} queries")
@@ -207,10 +201,6 @@ def select_queries(first_positive_rank: torch.Tensor, count: int, mode: str, see
     return order[:count].tolist()
 
 
-def header_title(query_index: int, pid: int, stage: str, first_positive_rank: int) -> str:
-    return f"query {query_index} | person {pid} | {stage} | first true match at rank {first_positive_rank}"
-
-
 def write_query_grids(per_query: dict[str, torch.Tensor], dataset: RetrievalSet, query_ids: Sequence[int],
                       output_path: str | Path, stage: str, cell_size: tuple[int, int] = DEFAULT_CELL,
                       slots: int = DEFAULT_SLOTS, rows_per_page: int = ROWS_PER_PAGE) -> list[Path]:
@@ -222,15 +212,14 @@ def write_query_grids(per_query: dict[str, torch.Tensor], dataset: RetrievalSet,
         dataset: the evaluated retrieval set (gallery paths and person ids, query texts and ids).
         query_ids: the queries to draw (see :func:`select_queries`).
         output_path: PNG path (pages are numbered when there are more than ``rows_per_page`` queries).
-        stage: stage name shown in each title.
         cell_size: (H, W) of each image.
         slots: images per query (the first ``slots`` of ``top_indices``).
     """
     rows = []
     for q in query_ids:
         shown = per_query["top_indices"][q, :slots].tolist()
-        pid = int(dataset.query_pids[q])
-        title = header_title(q, pid, stage, int(per_query["first_positive_rank"][q]))
+        pid, first_rank = int(dataset.query_pids[q]), int(per_query["first_positive_rank"][q])
+        title = f"query {q} | person {pid} | {stage} | first true match at rank {first_rank}"
         rows.append(draw_query_row(title, dataset.query_texts[q], [load_rgb(dataset.gallery_paths[g]) for g in shown],
                                    per_query["top_scores"][q, :slots].tolist(),
                                    [int(dataset.gallery_pids[g]) == pid for g in shown], slots, cell_size))

@@ -23,13 +23,8 @@ from utils.vocab import ENC_ID, IGNORE_INDEX
 
 
 class CADA(CADABackbone):
-    """The CADA model. ``forward(batch)`` returns ``{name: scalar loss}`` for the enabled losses.
-
-    Args:
-        spec, image_size, decoder_causal, grad_checkpointing: as for :class:`CADABackbone`.
-        objective: the ``loss`` section of the config; a term is computed when its weight is positive
-            (the weights themselves are applied by the caller).
-    """
+    """The CADA model: ``forward(batch)`` returns ``{name: scalar loss}`` for each term whose weight in
+    ``objective`` (the config's ``loss`` section) is positive; the caller applies the weights."""
 
     def __init__(self, spec: ModelSpec, image_size: tuple[int, int], objective: LossConfig | None = None,
                  decoder_causal: bool = True, grad_checkpointing: bool = False):

@@ -91,16 +91,11 @@ class CADABackbone(nn.Module):
 
     def itm_match_logit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
                         image_index: torch.Tensor | None = None, length: int | None = None) -> torch.Tensor:
-        """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking.
+        """Raw match-class logit (B,) of each (text, image) pair, as used for re-ranking; arguments as for
+        :meth:`fuse`, plus ``length``, the longest caption if known (e.g. from the host copy of the mask).
 
         Only position 0 is read, so the texts are first trimmed to their longest caption (exact) and the last
         layer computes position 0 alone.
-
-        Args:
-            input_ids: (B, L) ids whose first token is ``[ENC]``.
-            image_embeds: (B, 1 + N, Dv) image tokens, or (U, 1 + N, Dv) distinct images indexed by
-                ``image_index`` (B,) (see :meth:`fuse`).
-            length: the longest caption if known (e.g. from the host copy of the mask); None reads it from the mask.
         """
         input_ids, attention_mask = trim_to_longest(input_ids, attention_mask, length=length)
         fused = self.fuse(input_ids, attention_mask, image_embeds, image_index, first_token_only=True)  # (B, 1, Dt)

@@ -33,25 +33,17 @@ class CheckpointMismatchError(CheckpointError):
 
 @dataclass(frozen=True)
 class KeyMap:
-    """How checkpoint keys become model keys. A name covers itself and every key below it (``name.*``).
+    """How checkpoint keys become model keys. A name covers itself and every key below it (``name.*``)."""
 
-    Args:
-        dropped: names discarded before matching.
-        renamed: (checkpoint prefix, model prefix) pairs, first match wins.
-        pos_embed_key: model key of the ViT position table, resized to the model's grid.
-    """
-
-    dropped: tuple[str, ...]
-    renamed: tuple[tuple[str, str], ...] = ()
-    pos_embed_key: str = "visual_encoder.pos_embed"
+    dropped: tuple[str, ...]  # names discarded before matching
+    renamed: tuple[tuple[str, str], ...] = ()  # (checkpoint prefix, model prefix) pairs, first match wins
+    pos_embed_key: str = "visual_encoder.pos_embed"  # the ViT position table, resized to the model's grid
 
 
 # BLIP pre-training state (momentum encoders, contrastive queues, temperature) has no place in CADA.
 # Names are shared by BLIP, the CADA release and this project, so nothing is renamed.
-BLIP_KEY_MAP = KeyMap(
-    dropped=("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m",
-             "temp", "image_queue", "text_queue", "queue_ptr", "idx_queue"),
-)
+BLIP_KEY_MAP = KeyMap(dropped=("visual_encoder_m", "text_encoder_m", "vision_proj_m", "text_proj_m",
+                              "temp", "image_queue", "text_queue", "queue_ptr", "idx_queue"))
 
 # CADA's new ATP head, absent from BLIP's pre-trained model.
 BLIP_EXPECTED_MISSING = ("itm_local_head",)
@@ -132,7 +124,6 @@ def remap_state_dict(state_dict: dict[str, torch.Tensor], model_state: dict[str,
     """Applies ``key_map`` (no completeness check); returns (tensors by model key, dropped checkpoint keys).
 
     Args:
-        state_dict: checkpoint tensors by checkpoint key.
         model_state: the model's ``state_dict()`` (only shapes are read).
         target_grid: the model's ViT patch grid (H/p, W/p); None infers a square one.
         source_grid: the checkpoint's patch grid; None infers a square one (BLIP's 14x14).

@@ -20,17 +20,11 @@ from torch.utils.checkpoint import checkpoint
 from utils.vocab import PAD_ID
 
 LAYER_NORM_EPS = 1e-12
-INIT_STD = 0.02
 
 
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention of ``hidden`` over ``context`` (itself, or image tokens).
-
-    Args:
-        width: query/output width D (a multiple of ``heads``).
-        context_width: width of the keys/values' source (D, or the image width for cross-attention).
-        dropout: dropout on attention probabilities while training.
-    """
+    """Scaled dot-product attention of ``hidden`` (width D, a multiple of ``heads``) over ``context`` (itself, or
+    image tokens of width ``context_width``); ``dropout`` applies to the attention probabilities while training."""
 
     def __init__(self, width: int, heads: int, context_width: int, dropout: float) -> None:
         super().__init__()
@@ -185,7 +179,7 @@ class TextEmbeddings(nn.Module):
 def _init_bert_weights(module: nn.Module) -> None:
     """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=INIT_STD)
+        nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
     if isinstance(module, nn.LayerNorm):
@@ -197,12 +191,10 @@ class MedBert(nn.Module):
     """MED BERT encoder with a text mode and a multimodal (cross-attention) mode over one set of weights.
 
     Args:
-        vocab_size: vocabulary size (30,524 with ``[DEC]``/``[ENC]``).
+        vocab_size: 30,524 with ``[DEC]``/``[ENC]``.
         width: hidden width D.
-        ffn: feed-forward hidden width.
         image_width: width of the image tokens that cross-attention reads (may differ from D).
         dropout: hidden and attention-probability dropout.
-        grad_checkpointing: recompute layers in the backward pass while training.
     """
 
     def __init__(self, vocab_size: int, width: int, num_layers: int, heads: int, ffn: int, image_width: int,
@@ -289,13 +281,8 @@ class MLMHead(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Image-grounded MED stack + masked-LM head predicting every position's token.
-
-    Args:
-        vocab_size, width, num_layers, heads, ffn, image_width, max_positions, dropout,
-            grad_checkpointing: as for :class:`MedBert`.
-        causal: causal self-attention (the reference); False makes it bidirectional.
-    """
+    """Image-grounded MED stack + masked-LM head predicting every position's token; arguments as for
+    :class:`MedBert`, with causal self-attention (the reference) unless ``causal=False``."""
 
     def __init__(self, vocab_size: int, width: int, num_layers: int, heads: int, ffn: int, image_width: int,
                  max_positions: int = 512, dropout: float = 0.1, causal: bool = True,

@@ -25,13 +25,9 @@ def longest_caption(attention_mask: torch.Tensor) -> int:
 
 def trim_to_longest(ids: torch.Tensor, mask: torch.Tensor, *others: torch.Tensor,
                     length: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Cuts (B, L) ``ids``, ``mask`` (1 for real tokens) and any other (B, L, ...) tensors to the longest caption's
-    length: ``(ids, mask, *others)`` as (B, L') views with L' <= L, no copy.
-
-    Args:
-        others: more tensors aligned with ``ids`` on dimension 1 (e.g. labels).
-        length: the length to keep if already known (e.g. computed on the CPU copy of the batch);
-            None computes it from ``mask``.
+    """Cuts (B, L) ``ids``, ``mask`` (1 for real tokens) and any ``others`` (B, L, ...) (e.g. labels) to the longest
+    caption's length: ``(ids, mask, *others)`` as (B, L') views with L' <= L, no copy. ``length``, if already known
+    (e.g. computed on the CPU copy of the batch), saves computing it from ``mask``.
     """
     keep = longest_caption(mask) if length is None else length
     if keep >= ids.shape[1]:

@@ -13,33 +13,21 @@ from utils.vocab import VOCAB_SIZE
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Sizes of every module in :class:`models.cada_backbone.CADABackbone`.
+    """Sizes of every module in :class:`models.cada_backbone.CADABackbone`."""
 
-    Args:
-        vision_patch, vision_width, vision_depth, vision_heads: ViT patch side in pixels, token width (MLP
-            hidden is 4x), blocks and attention heads.
-        text_width, text_layers, text_heads, text_ffn: MED BERT hidden width (encoder and decoder), encoder
-            layers, attention heads and feed-forward hidden width.
-        decoder_layers: layers of the separate text decoder stack (ARA).
-        max_positions: absolute text positions.
-        vocab_size: WordPiece vocabulary incl. ``[DEC]`` and ``[ENC]``.
-        dropout: BERT hidden and attention-probability dropout.
-        embed_dim: width of the shared image/text retrieval space.
-    """
-
-    vision_patch: int
-    vision_width: int
+    vision_patch: int  # ViT patch side in pixels
+    vision_width: int  # ViT token width; the MLP hidden width is 4x
     vision_depth: int
     vision_heads: int
-    text_width: int
-    text_layers: int
+    text_width: int  # MED BERT hidden width (encoder and decoder)
+    text_layers: int  # encoder layers
     text_heads: int
-    text_ffn: int
-    decoder_layers: int
-    max_positions: int = 512
-    vocab_size: int = VOCAB_SIZE
-    dropout: float = 0.1
-    embed_dim: int = 256
+    text_ffn: int  # feed-forward hidden width
+    decoder_layers: int  # layers of the separate text decoder stack (ARA)
+    max_positions: int = 512  # absolute text positions
+    vocab_size: int = VOCAB_SIZE  # WordPiece vocabulary incl. [DEC] and [ENC]
+    dropout: float = 0.1  # BERT hidden and attention-probability dropout
+    embed_dim: int = 256  # width of the shared image/text retrieval space
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -53,11 +41,7 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Returns the spec registered under ``name`` (a key of :data:`MODELS`).
-
-    Raises:
-        KeyError: for an unknown name; the message lists the known ones.
-    """
+    """The spec registered under ``name``; a KeyError for an unknown name lists the known ones."""
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     return MODELS[name]

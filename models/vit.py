@@ -17,13 +17,8 @@ from torch import nn
 
 
 class ImageEncoder(VisionTransformer):
-    """ViT whose forward returns all tokens after the final norm, (B, 1 + N, D), N = (H/p)(W/p).
-
-    Args:
-        image_size: (H, W) of the input images, both divisible by ``patch_size``.
-        width: token width; the MLP hidden width is ``4 * width``.
-        grad_checkpointing: recompute each block in the backward pass (timm's checkpointing).
-    """
+    """ViT whose forward returns all tokens after the final norm, (B, 1 + N, D), N = (H/p)(W/p), for images of
+    ``image_size`` (H, W), both divisible by ``patch_size``; the MLP hidden width is ``4 * width``."""
 
     def __init__(self, image_size: tuple[int, int], patch_size: int, width: int, depth: int, heads: int,
                  grad_checkpointing: bool = False) -> None:

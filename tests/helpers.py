@@ -6,14 +6,17 @@
 - the authors' release as a model: ``cada_base`` at 224x224 with the deterministic weights of
   ``fixtures/README.md``, loaded through the CADA-checkpoint importer;
 - the tests' own small config (``tests/configs/tiny.yaml``) pointed at temporary folders, and a small
-  retrieval set of random images.
+  retrieval set of random images;
+- two spawned CPU processes joined in one process group (``run_two``).
 """
 import contextlib
 import json
+import socket
 import zlib
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
@@ -208,3 +211,20 @@ class OnDevice(torch.Tensor):
                 result = func(*args, **(kwargs or {}))
             return result.as_subclass(torch.Tensor) if isinstance(result, torch.Tensor) else result
         return super().__torch_function__(func, types, args, kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two(target, folder) -> None:
+    """Runs ``target(rank, port, folder)`` in two spawned processes (ranks 0 and 1); both must exit with 0."""
+    context, port = mp.get_context("spawn"), free_port()
+    processes = [context.Process(target=target, args=(rank, port, str(folder))) for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+        assert process.exitcode == 0

@@ -1,16 +1,15 @@
 """Two gloo processes on CPU compute the same losses and gradients as one process holding the global batch."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import models.cada
 from datasets.ara_masking import mask_attribute_tokens, pack_candidate_groups
 from models.cada import CADA
 from models.registry import get_model_spec
+from tests.helpers import run_two
 from utils.dist import all_gather_no_grad, all_gather_uneven, all_gather_with_grad, get_world_size, init_distributed
 
 GLOBAL_BATCH, LENGTH, SIZE = 8, 16, (64, 32)
@@ -121,12 +120,6 @@ def evaluate_small_set(model, folder) -> dict:
     return {key: results[key] for key in ("global", "reranked", "global_per_query", "reranked_per_query")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process_global_batch(tmp_path):
     single_losses, single_grads = losses_and_grads(build_model(), global_batch())
@@ -207,16 +200,6 @@ def compile_worker(rank: int, port: int, out_dir: str) -> None:
         grads.append({name: p.grad.clone() for name, p in net.module.named_parameters()})
     torch.save((grads, graph_ops), f"{out_dir}/compile{rank}.pt")
     dist.destroy_process_group()
-
-
-def run_two(target, folder) -> None:
-    context, port = mp.get_context("spawn"), free_port()
-    processes = [context.Process(target=target, args=(rank, port, str(folder))) for rank in range(2)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=300)
-        assert process.exitcode == 0
 
 
 @pytest.mark.slow

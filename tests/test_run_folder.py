@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import TINY_CONFIG
+from tests.helpers import TINY_CONFIG, run_two
 from utils.checkpoint import save_atomic
 from utils.config import config_to_dict, dump_config, load_config
 from utils.errors import RunFolderError
@@ -138,18 +138,19 @@ def claim_on_own_disk(rank: int, port: int, folder: str) -> None:
     import os
     from pathlib import Path
 
-    from utils.dist import init_distributed
+    from utils.dist import cleanup, init_distributed
     os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     init_distributed("cpu")
     try:
         claim_run_folder(tiny(), Path(folder) / f"node{rank}")
     except RunFolderError as error:
         (Path(folder) / f"error{rank}.txt").write_text(str(error))
+    finally:
+        cleanup()  # as train.py does; a process group left open can abort the process at exit
 
 
 @pytest.mark.slow
 def test_an_unshared_output_folder_stops_every_rank_with_one_line(tmp_path):
-    from tests.test_distributed import run_two
     run_two(claim_on_own_disk, tmp_path)
     errors = [(tmp_path / f"error{rank}.txt").read_text() for rank in range(2)]
     assert errors[0] == errors[1] and "rank 1 on" in errors[0] and "shared by every node" in errors[0]

@@ -96,8 +96,7 @@ def describe(person: Identity, rng: np.random.Generator, kinds: Sequence[str] | 
             person's gender is always stated (noun and pronouns); ``"person"`` adds the build.
     """
     kinds = sample_mentions(rng) if kinds is None else tuple(kinds)
-    unknown = set(kinds) - set(ATTRIBUTE_KINDS)
-    if unknown:
+    if unknown := set(kinds) - set(ATTRIBUTE_KINDS):
         raise ValueError(f"unknown attribute kinds {sorted(unknown)}; known: {ATTRIBUTE_KINDS}")
     pronoun, possessive = PRONOUNS[person.gender]
     noun = pick(rng, PERSON_NOUNS[person.gender])
@@ -148,15 +147,12 @@ def _part_vocabulary(person: Identity) -> dict[str, tuple[set[str], set[str]]]:
 
 
 def word_parts(person: Identity, words: Sequence[str]) -> list[str | None]:
-    """The part of ``person`` each caption word names (garment noun, its colour or pattern, hair words), or None.
+    """The part of ``person`` each of the cleaned caption's ``words`` (split on spaces, trailing commas allowed)
+    names (garment noun, its colour or pattern, hair words), or None.
 
     Colour and pattern words always come right before the noun they describe (see :func:`describe`), so a
     right-to-left scan gives each head noun's part to the words before it for as long as they belong to that
     part's phrase. Words about a part the person lacks ("wears no hat") name no region.
-
-    Args:
-        person: the identity the caption describes.
-        words: the cleaned caption's space-separated words (trailing commas allowed).
     """
     vocabulary = _part_vocabulary(person)
     parts: list[str | None] = [None] * len(words)

@@ -55,8 +55,7 @@ def split_layout(train_ids: int, val_ids: int, test_ids: int) -> list[str]:
 
 def _pair_of_mentions(rng: np.random.Generator) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Two different attribute subsets, one per caption of an image."""
-    first = sample_mentions(rng)
-    second = sample_mentions(rng)
+    first, second = sample_mentions(rng), sample_mentions(rng)
     while second == first:
         second = sample_mentions(rng)
     return first, second
@@ -110,8 +109,7 @@ def _write_dataset(folder: Path, seed: int, images_per_id: int, splits: list[str
     for split in ("train", "val", "test"):
         (folder / "imgs" / split).mkdir(parents=True)
     records = []
-    for index, (identity, split) in enumerate(zip(identities, splits)):
-        person_id = index + 1
+    for person_id, (identity, split) in enumerate(zip(identities, splits), start=1):
         for shot in range(images_per_id):
             # One generator per image: each image depends only on (seed, id, shot).
             rng = np.random.default_rng([seed, person_id, shot])

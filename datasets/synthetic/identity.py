@@ -63,8 +63,7 @@ class Identity:
 
     def described_key(self) -> tuple:
         """The attributes captions can tell apart: everything but skin tone and bag side (images mirror)."""
-        fields = dataclasses.asdict(self)
-        return tuple(value for name, value in fields.items() if name not in ("skin_tone", "bag_side"))
+        return tuple(value for name, value in dataclasses.asdict(self).items() if name not in ("skin_tone", "bag_side"))
 
     def mirrored(self) -> Identity:
         """The same person seen in a horizontally mirrored image: the bag changes side."""
@@ -84,11 +83,8 @@ def pick(rng: np.random.Generator, options: Sequence):
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
-    """Draws one person's attributes (hat, bag and garment pattern are optional).
-
-    Args:
-        rng: the random generator; draws happen in a fixed order, so a seed fixes the identity.
-    """
+    """Draws one person's attributes (hat, bag and garment pattern are optional) in a fixed order, so a seed
+    fixes the identity."""
     colours = tuple(COLOURS)
     gender = pick(rng, GENDERS)
     build = pick(rng, BUILDS)
@@ -110,7 +106,6 @@ def sample_identity(rng: np.random.Generator) -> Identity:
 
 def sample_identities(rng: np.random.Generator, count: int) -> list[Identity]:
     """Draws ``count`` identities whose described attributes are pairwise different."""
-
     identities: list[Identity] = []
     seen: set[tuple] = set()
     for _ in range(50 * count + 100):

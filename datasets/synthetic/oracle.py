@@ -39,13 +39,8 @@ KIND_FIELDS = {"person": ("build",), "hair": ("hair_colour",), "hat": ("hat",),
 
 
 def stated_facts(person: Identity, kinds: Sequence[str], caption: str) -> dict[str, str | None]:
-    """The ``{field: value}`` facts a caption of ``person`` that mentions ``kinds`` states.
-
-    Args:
-        person: the attributes of the captioned image.
-        kinds: the attribute kinds the caption was written to mention.
-        caption: the caption text (hair length is stated only in ~70 % of hair mentions: read from the text).
-    """
+    """The ``{field: value}`` facts a caption of ``person`` written to mention ``kinds`` states (hair length is
+    stated only in ~70 % of hair mentions, so it is read from the ``caption`` text)."""
     facts: dict[str, str | None] = {"gender": person.gender}
     for kind in kinds:
         for name in KIND_FIELDS[kind]:
@@ -62,12 +57,8 @@ def stated_facts(person: Identity, kinds: Sequence[str], caption: str) -> dict[s
 
 
 def oracle_scores(query_facts: Sequence[dict], gallery: Sequence[Identity]) -> torch.Tensor:
-    """(Q, G) float scores: how many of each query's facts each gallery person satisfies.
-
-    Args:
-        query_facts: per query, the output of :func:`stated_facts`.
-        gallery: per gallery image, the attributes of the person in it.
-    """
+    """(Q, G) float scores: how many of each query's facts (:func:`stated_facts`) each gallery image's person
+    satisfies."""
     scores = torch.zeros(len(query_facts), len(gallery))
     for name in sorted({name for facts in query_facts for name in facts}):
         codes: dict = {}  # value -> int, None ("has no hat/bag") included
@@ -78,11 +69,8 @@ def oracle_scores(query_facts: Sequence[dict], gallery: Sequence[Identity]) -> t
 
 
 def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict[str, float]:
-    """R1/R5/R10/mAP/mINP (percent) of the oracle on ``dataset`` (a split of the synthetic folder).
-
-    Args:
-        dataset_dir: the synthetic folder holding ``reid_raw.json``.
-        dataset: the evaluated retrieval set, built from that folder's records.
+    """R1/R5/R10/mAP/mINP (percent) of the oracle on ``dataset``, a retrieval set built from a split of the
+    synthetic folder ``dataset_dir``.
 
     Raises:
         DataError: the annotation lacks the per-caption ``mentions`` (an older generator wrote it).
@@ -108,7 +96,6 @@ def oracle_metrics(dataset_dir: str | Path, dataset: RetrievalSet) -> dict[str, 
 def oracle_table(dataset_dir: str | Path, split: str = "test") -> str:
     """The oracle's metrics on one split (``val`` or ``test``) of a generated folder, as a markdown table with
     the chance R1."""
-
     records = [r for r in read_cuhk_pedes(dataset_dir) if r.split == split]
     if not records:
         raise DataError(f"{dataset_dir}: the {split} split has no records")

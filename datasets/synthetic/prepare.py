@@ -20,7 +20,6 @@ CHECKED_SETTINGS = ("train_ids", "val_ids", "test_ids", "seed", "images_per_id")
 def ensure_generated(folder: str | Path, settings: SyntheticConfig) -> None:
     """Generates the synthetic set into ``folder`` (``<data.root>/synthetic-pedes``) unless it is there, then
     refuses one made with other ``settings`` (the ``data.synthetic`` section)."""
-
     folder = Path(folder)
 
     def generate_if_missing() -> None:
@@ -45,8 +44,7 @@ def check_settings_match(folder: Path, settings: SyntheticConfig) -> None:
         raise DataError(f"{metadata} not found: {folder} was not written by the synthetic generator; delete the "
                         f"folder to generate it, or point data.root elsewhere")
     written = json.loads(metadata.read_text(encoding="utf-8"))
-    differing = [name for name in CHECKED_SETTINGS if written.get(name) != getattr(settings, name)]
-    if differing:
+    if differing := [name for name in CHECKED_SETTINGS if written.get(name) != getattr(settings, name)]:
         details = ", ".join(f"{name}: folder has {written.get(name, 'none')}, config wants {getattr(settings, name)}"
                             for name in differing)
         raise DataError(f"{folder} was generated with other settings ({details}); delete the folder to regenerate "

@@ -27,13 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def atp_group_features(
-    fused: torch.Tensor,
-    attention_mask: torch.Tensor,
-    mode: str = "reference",
-    groups: int = 2,
-    mask_padding: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def atp_group_features(fused: torch.Tensor, attention_mask: torch.Tensor, mode: str = "reference", groups: int = 2,
+                       mask_padding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pools the fused token states (position 0 dropped) into G contiguous groups.
 
     Token k of the L-1 pooled positions goes to group ⌊k·G / n⌋, where in ``reference`` mode k is
@@ -103,12 +98,9 @@ def atp_loss_reference(group_logits: torch.Tensor, labels: torch.Tensor,
 class AdaptiveATP(nn.Module):
     """Confidence-weighted aggregation of per-group match logits (the paper's adaptive ATP).
 
-    Owns only ``confidence`` (Linear(D, 1), zero-initialised so training starts from uniform
-    weights over the valid groups, i.e. the padding-masked average of the group logits). The match
+    Owns only ``confidence`` (Linear(D, 1) for D = ``hidden_size``, zero-initialised so training starts from
+    uniform weights over the valid groups, i.e. the padding-masked average of the group logits). The match
     head is passed to :meth:`forward` so it stays ``itm_local_head`` on the model.
-
-    Args:
-        hidden_size: D, the width of the fused states.
     """
 
     def __init__(self, hidden_size: int):

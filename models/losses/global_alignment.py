@@ -22,14 +22,9 @@ import torch
 import torch.nn.functional as F
 
 
-def global_alignment_loss(
-    image_feats: torch.Tensor,
-    text_feats: torch.Tensor,
-    person_ids: torch.Tensor,
-    scale: float = 50.0,
-    eps: float = 1e-8,
-    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> torch.Tensor:
+def global_alignment_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, person_ids: torch.Tensor,
+                          scale: float = 50.0, eps: float = 1e-8,
+                          weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
     """Symmetric KL + soft-label cross-entropy alignment over a (global) batch of pairs: the fp32 scalar L_glb
     (S computed in fp32 even inside ``torch.autocast``).
 

@@ -20,13 +20,9 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def itm_similarities(
-    image_proj: torch.Tensor,
-    text_proj: torch.Tensor,
-    global_image_proj: torch.Tensor | None = None,
-    global_text_proj: torch.Tensor | None = None,
-    temp: float = 0.07,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def itm_similarities(image_proj: torch.Tensor, text_proj: torch.Tensor, global_image_proj: torch.Tensor | None = None,
+                     global_text_proj: torch.Tensor | None = None,
+                     temp: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection scores ``(sim_t2i, sim_i2t)`` for hard negatives, each (b, Bg), in fp32 and without gradient.
 
     Args:
@@ -44,14 +40,9 @@ def itm_similarities(
 
 
 @torch.no_grad()
-def select_hard_negatives(
-    sim_t2i: torch.Tensor,
-    sim_i2t: torch.Tensor,
-    anchor_pids: torch.Tensor,
-    global_pids: torch.Tensor,
-    mode: str = "argmax",
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def select_hard_negatives(sim_t2i: torch.Tensor, sim_i2t: torch.Tensor, anchor_pids: torch.Tensor,
+                          global_pids: torch.Tensor, mode: str = "argmax",
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(neg_image_index, neg_text_index)``, (b,) int64 indices into the global batch: one negative
     image per local text and one negative text per local image.
 
