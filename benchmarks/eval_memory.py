@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_output_arguments, finish, proc_status_kib, setup_threads  # noqa: E402
+from benchmarks.common import add_output_arguments, finish, proc_status_kib, reset_peak_memory, setup_threads  # noqa: E402
 from engine.rerank import rerank  # noqa: E402
 from utils.metrics import DEFAULT_CHUNK_SIZE, RetrievalMetrics, iter_similarity_chunks, summarize  # noqa: E402
 
@@ -81,7 +81,7 @@ def worker(args) -> dict:
     text_feats, image_feats, query_pids, gallery_pids = build_problem(args.queries, args.gallery, args.dim)
     if args.worker == "naive":
         text_feats, query_pids = text_feats[: args.naive_queries].clone(), query_pids[: args.naive_queries]
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    reset_peak_memory(torch.device("cpu"))  # VmHWM back to the current resident size
     baseline_kib = proc_status_kib("VmRSS")
     start = time.perf_counter()
     if args.worker == "naive":

@@ -137,19 +137,25 @@ def build_tagger(name: str = "auto") -> AttributeTagger:
         ValueError: unknown name.
         RuntimeError: a named tagger whose package or data is missing.
     """
-    if name != "auto" and name not in TAGGERS:
+    if name == "auto":
+        for candidate in ("nltk", "textblob"):
+            try:
+                tagger = TAGGERS[candidate]()
+            except (ImportError, LookupError) as error:
+                logger.info("attribute tagger %s unavailable (%s)", candidate, type(error).__name__)
+                continue
+            logger.info("attribute tagger: %s", candidate)
+            return tagger
+        logger.info("attribute tagger: lexicon")
+        return LexiconTagger()
+    if name not in TAGGERS:
         raise ValueError(f"unknown attribute tagger {name!r}; expected one of auto, {', '.join(TAGGERS)}")
-    for candidate in TAGGERS if name == "auto" else (name,):  # the lexicon tagger, last, never fails
-        try:
-            tagger = TAGGERS[candidate]()
-        except (ImportError, LookupError) as error:
-            if name != "auto":
-                raise RuntimeError(f"attribute tagger {name!r} is unavailable offline: {error}") from error
-            logger.info("attribute tagger %s unavailable (%s)", candidate, type(error).__name__)
-            continue
-        logger.info("attribute tagger: %s", candidate)
-        return tagger
-    raise AssertionError("unreachable: the lexicon tagger always builds")
+    try:
+        tagger = TAGGERS[name]()
+    except (ImportError, LookupError) as error:
+        raise RuntimeError(f"attribute tagger {name!r} is unavailable offline: {error}") from error
+    logger.info("attribute tagger: %s", name)
+    return tagger
 
 
 def attribute_candidates(caption: str, tokenizer: Tokenizer, tagger: AttributeTagger, mode: str = "token",

@@ -129,10 +129,14 @@ class RetrievalSet:
         if not records:
             raise ValueError("no records for this split: nothing to evaluate")
         keep = CAPTION_PROTOCOLS[captions]
-        owner = [i for i, record in enumerate(records) for _ in record.captions[:keep]]
-        return cls([r.image_path for r in records], torch.tensor([r.person_id for r in records]),
-                   [c for r in records for c in r.captions[:keep]], torch.tensor([records[i].person_id for i in owner]),
-                   torch.tensor(owner))
+        texts, pids, owner = [], [], []
+        for i, record in enumerate(records):
+            for caption in record.captions[:keep]:
+                texts.append(caption)
+                pids.append(record.person_id)
+                owner.append(i)
+        return cls([r.image_path for r in records], torch.tensor([r.person_id for r in records]), texts,
+                   torch.tensor(pids), torch.tensor(owner))
 
 
 class GalleryImages(Dataset):

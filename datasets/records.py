@@ -84,9 +84,9 @@ def parse_record(record: object, index: int, annotation_file: Path, image_dir: P
             raise DatasetFormatError(f"{where}: missing key '{key}' (has {sorted(record)})")
 
     raw_id = record["id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
+        raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}")
     try:
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)):
-            raise ValueError(raw_id)
         person_id = int(raw_id)
     except ValueError as error:
         raise DatasetFormatError(f"{where}: 'id' must be an integer, got {_shown(raw_id)}") from error

@@ -96,9 +96,9 @@ def check_captions(splits: dict[str, list[PersonRecord]], tokenizer: Tokenizer, 
     owners = [(name, r) for name, part in splits.items() for r in part]
     captions = [c for _, r in owners for c in r.captions]
     token_ids = caption_token_ids(tokenizer, captions)
-    # [UNK] and tokens without a letter or digit (punctuation, symbols)
-    useless = {UNK_ID} | {t for tokens in token_ids for t in tokens
-                          if not any(ch.isalnum() for ch in tokenizer.id_to_token(t) or "")}
+    distinct_ids = {t for tokens in token_ids for t in tokens}
+    # [UNK] and tokens without a letter or digit (punctuation, symbols), each id looked up once
+    useless = {UNK_ID} | {t for t in distinct_ids if not any(ch.isalnum() for ch in tokenizer.id_to_token(t) or "")}
     ids = iter(token_ids)
     bad: list[str] = []
     cut = emptied = 0

@@ -164,14 +164,13 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
     """
     folder = Path(folder)
     files = list_images(folder)
-    stats = {name: (folder / name).stat() for name in files}
-    signatures = {name: (stat.st_size, stat.st_mtime_ns) for name, stat in stats.items()}
+    signatures = {}
+    for name in files:
+        stat = (folder / name).stat()
+        signatures[name] = (stat.st_size, stat.st_mtime_ns)
     cache_path = Path(index_dir or folder / INDEX_DIR_NAME) / f"{key}.pt"
     cached = _load_cached(cache_path, key)
-    # name → cache row, for the files whose (size, mtime) are those the cache recorded
-    reused = {} if cached is None else {
-        name: row for row, (name, size, mtime) in enumerate(zip(cached["files"], cached["sizes"], cached["mtimes_ns"]))
-        if signatures.get(name) == (size, mtime)}
+    reused = _unchanged_rows(cached, signatures)
     pending = [name for name in files if name not in reused]
     positions, new_features, new_tokens, errors = encode_files(
         model, [folder / name for name in pending], transform, device, batch_size, num_workers)
@@ -200,6 +199,15 @@ def index_folder(model, folder: str | Path, transform: Callable, key: str, devic
     if errors:
         _report_unreadable(errors, folder, skip_bad_images)
     return index
+
+
+def _unchanged_rows(cached: dict | None, signatures: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Name → row in the cache, for the files whose (size, mtime) are those the cache recorded."""
+    if cached is None:
+        return {}
+    return {name: row for row, (name, size, mtime) in enumerate(zip(cached["files"], cached["sizes"],
+                                                                   cached["mtimes_ns"]))
+            if signatures.get(name) == (size, mtime)}
 
 
 def _report_unreadable(errors: list[str], folder: Path, skip_bad_images: bool) -> None:

@@ -63,15 +63,18 @@ def save_atomic(state: dict, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException as error:
+    except (OSError, RuntimeError) as error:
         tmp.unlink(missing_ok=True)
         cause = writer.error if writer is not None and writer.error is not None else error
-        if not isinstance(error, (OSError, RuntimeError)) or not isinstance(cause, OSError):
-            raise  # not an I/O failure (Ctrl-C, an object torch cannot save)
+        if not isinstance(cause, OSError):
+            raise  # not an I/O failure (e.g. an object torch cannot save)
         reason = cause.strerror or str(cause)
         raise CheckpointError(f"failed to save checkpoint {path}: {reason}; {_free_space(path.parent)} free there; "
                               f"{'the previous checkpoint is unchanged' if path.exists() else 'nothing was written'}"
                               ) from cause
+    except BaseException:  # Ctrl-C and the like: no half-written file is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _free_space(folder: Path) -> str:
